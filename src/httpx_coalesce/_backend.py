@@ -1,0 +1,41 @@
+"""Backends: where a flight's leader gets its response from.
+
+In one process the local flight table is all there is, and the leader sends its
+request upstream itself (no backend). A backend sits between the local leader and the
+upstream: it may send the request (when this process leads fleet-wide) or hand back a
+response that another process is fetching. Either way the local flight fans it out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, runtime_checkable
+
+from ._library import Library
+from ._limits import Limits
+from ._stats import Counters
+
+__all__ = ["AsyncSend", "Backend", "SyncSend"]
+
+#: Sends a request upstream and returns the client library's Response (stream unread).
+AsyncSend = Callable[[Any], Awaitable[Any]]
+SyncSend = Callable[[Any], Any]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    def bind(self, counters: Counters, limits: Limits) -> None:
+        """Called once by the transport: where to count, and the limits to keep."""
+
+    async def send_async(self, key: str, request: Any, library: Library, send: AsyncSend) -> Any:
+        """The response for *request* (key *key*), sent with *send* or fetched elsewhere.
+
+        Must fall back to ``await send(request)`` on any trouble of its own.
+        """
+
+    def send_sync(self, key: str, request: Any, library: Library, send: SyncSend) -> Any:
+        """As :meth:`send_async`, for threads."""
+
+    async def aclose(self) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,24 @@
+"""The bounds every flight table keeps, with defaults sized for a busy service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Limits"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    #: Distinct keys in flight at once; past it, new keys pass through.
+    max_flights: int = 10_000
+    #: Callers attached to one flight; past it, new callers pass through.
+    max_waiters: int = 100_000
+    #: Response bytes one flight holds. A response with a known length up to this is
+    #: buffered whole and shared as one bytes object; a longer or live one stops taking
+    #: joiners once past it, and then holds only what its slowest reader still needs.
+    max_body_bytes: int = 16 * 1024 * 1024
+    #: Request body bytes read to make a key; a streamed body longer than this passes through.
+    max_request_bytes: int = 4 * 1024 * 1024
+    #: Finished responses kept for the window, and their bytes in all.
+    window_entries: int = 1024
+    window_bytes: int = 64 * 1024 * 1024

@@ -1,0 +1,159 @@
+"""The request side: may this request coalesce, and what are its key's parts?
+
+A streamed request body is read only up to the request limit. Whatever was read is
+put back in front of the rest, so a request that passes through loses no byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from ._key import RequestParts
+from ._library import Library
+
+__all__ = ["OPT_OUT_VALUES", "Inspection", "inspect", "read_body_async", "read_body_sync", "request_parts"]
+
+#: Values of the opt-out header that turn coalescing off for one request.
+OPT_OUT_VALUES = frozenset({"off", "false", "0", "no", "skip", "bypass"})
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+class Inspection:
+    """What one pass over a request's headers tells: may it coalesce, and its key's headers."""
+
+    __slots__ = ("content_type", "headers", "reason")
+
+    def __init__(self, reason: str | None, headers: tuple[tuple[str, str], ...], content_type: str) -> None:
+        self.reason = reason
+        self.headers = headers
+        self.content_type = content_type
+
+
+def inspect(request: Any, methods: frozenset[str], opt_out_header: str) -> Inspection:
+    """Read the headers once (httpx's Headers API rescans them on every lookup).
+
+    Strips the opt-out header: it is ours, not the server's, and never goes upstream.
+    """
+    scheme = request.url.scheme.lower()
+    headers: list[tuple[str, str]] = []
+    opt_out: str | None = None
+    upgrade = False
+    content_type = ""
+    for raw_name, raw_value in request.headers.raw:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        if name == opt_out_header:
+            opt_out = value
+            continue
+        if name == "content-type":
+            content_type = value
+        elif name == "host":
+            value = _host(value, scheme)
+        elif name == "upgrade":
+            upgrade = True
+        headers.append((name, value))
+    if opt_out is not None:
+        del request.headers[opt_out_header]
+    method = request.method
+    reason = None
+    if (opt_out is not None and opt_out.strip().lower() in OPT_OUT_VALUES) or request.extensions.get(
+        "coalesce"
+    ) is False:
+        reason = "opt_out"
+    elif method == "CONNECT" or upgrade:
+        reason = "upgrade"
+    elif method not in methods:
+        reason = "method"
+    return Inspection(reason, tuple(headers), content_type)
+
+
+def request_parts(request: Any, inspection: Inspection, body: bytes) -> RequestParts:
+    url = request.url
+    scheme = url.scheme.lower()
+    port = url.port
+    if port == _DEFAULT_PORTS.get(scheme):
+        port = None
+    return RequestParts(
+        method=request.method,
+        scheme=scheme,
+        host=url.host.lower(),
+        port=port,
+        target=url.raw_path,
+        headers=inspection.headers,
+        body=body,
+        content_type=inspection.content_type,
+    )
+
+
+def _host(value: str, scheme: str) -> str:
+    # httpx copies the URL's authority into Host as written; the same host must key the same.
+    host = value.lower()
+    default = _DEFAULT_PORTS.get(scheme)
+    if default is not None and host.endswith(f":{default}"):
+        host = host[: -len(str(default)) - 1]
+    return host
+
+
+def read_body_sync(request: Any, limit: int, library: Library) -> bytes | None:
+    """The request body, or None (put back untouched) if it is longer than *limit*."""
+    if hasattr(request, "_content"):
+        return request.content  # type: ignore[no-any-return]
+    chunks: list[bytes] = []
+    size = 0
+    iterator = iter(request.stream)
+    for chunk in iterator:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            request.stream = library.stream_class(_SyncPrefixed, is_async=False)(chunks, iterator)
+            return None
+    return _keep(request, b"".join(chunks), library)
+
+
+async def read_body_async(request: Any, limit: int, library: Library) -> bytes | None:
+    """The request body, or None (put back untouched) if it is longer than *limit*."""
+    if hasattr(request, "_content"):
+        return request.content  # type: ignore[no-any-return]
+    chunks: list[bytes] = []
+    size = 0
+    iterator = request.stream.__aiter__()
+    async for chunk in iterator:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            request.stream = library.stream_class(_AsyncPrefixed, is_async=True)(chunks, iterator)
+            return None
+    return _keep(request, b"".join(chunks), library)
+
+
+def _keep(request: Any, body: bytes, library: Library) -> bytes:
+    # As Request.read() does: the body is now in memory and can be sent again.
+    request._content = body
+    request.stream = library.module.ByteStream(body)
+    return body
+
+
+class _SyncPrefixed:
+    """The chunks already read, then the rest of the original stream."""
+
+    def __init__(self, head: list[bytes], rest: Iterator[bytes]) -> None:
+        self._head = head
+        self._rest = rest
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._head
+        yield from self._rest
+
+
+class _AsyncPrefixed:
+    def __init__(self, head: list[bytes], rest: AsyncIterator[bytes]) -> None:
+        self._head = head
+        self._rest = rest
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._head:
+            yield chunk
+        async for chunk in self._rest:
+            yield chunk

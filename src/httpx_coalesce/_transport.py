@@ -1,0 +1,440 @@
+"""CoalescingTransport: the face httpx and httpx2 clients see, sync and async."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Collection
+from functools import partial
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, overload
+
+import httpx
+
+from ._backend import AsyncSend, Backend, SyncSend
+from ._flight import Abandoned, Flight, FlightTable, Seat
+from ._key import DEFAULT_IGNORED_HEADERS, KeyFunction, KeyRules, RequestParts, is_credential
+from ._library import Library, library_of
+from ._limits import Limits
+from ._replay import Head
+from ._request import inspect, read_body_async, read_body_sync, request_parts
+from ._response import CoalesceInfo, build_body_response, build_response, fresh_error
+from ._signal import AsyncSignal, ThreadSignal
+from ._stats import CoalesceStats, Counters
+from ._tasks import current_loop, spawn_detached
+from ._upstream import pump_async, pump_sync
+from ._usage import tokens_in
+from ._window import Window, WindowEntry, shareable_later
+
+if TYPE_CHECKING:
+    import httpx2
+
+    # For type checkers the transport is a transport of both libraries; at run time
+    # it serves them through duck typing, since httpx2 is optional.
+    class _Bases(  # type: ignore[misc]
+        httpx.BaseTransport, httpx.AsyncBaseTransport, httpx2.BaseTransport, httpx2.AsyncBaseTransport
+    ):
+        pass
+else:
+
+    class _Bases(httpx.BaseTransport, httpx.AsyncBaseTransport):
+        pass
+
+
+__all__ = ["DEFAULT_METHODS", "CoalescingTransport"]
+
+logger = logging.getLogger("httpx_coalesce")
+
+#: Methods that coalesce unless told otherwise. POST is why this library exists.
+DEFAULT_METHODS: frozenset[str] = frozenset({"GET", "HEAD", "POST"})
+
+
+class CoalescingTransport(_Bases):
+    """A transport that sends identical in-flight requests upstream once.
+
+    Every caller gets its own response (own stream, same status, headers and body),
+    buffered or streamed live. See the README for the key and bypass rules.
+    """
+
+    def __init__(
+        self,
+        transport: Any = None,
+        *,
+        methods: Collection[str] = DEFAULT_METHODS,
+        ignore_headers: Collection[str] = DEFAULT_IGNORED_HEADERS,
+        ignore_json_fields: Collection[str] = (),
+        key: KeyFunction | None = None,
+        backend: Backend | None = None,
+        window: float = 0.0,
+        limits: Limits | None = None,
+        opt_out_header: str = "x-coalesce",
+    ) -> None:
+        if window < 0:
+            raise ValueError("window must be >= 0 seconds")
+        self._transport = transport
+        self._methods = frozenset(method.upper() for method in methods)
+        self._rules = KeyRules(frozenset(ignore_headers), frozenset(ignore_json_fields))
+        self._key_function = key
+        self._limits = limits or Limits()
+        self._opt_out_header = opt_out_header.lower()
+        self._window = Window(window, self._limits.window_entries, self._limits.window_bytes)
+        self._counters = Counters()
+        self._defaults: dict[tuple[str, bool], Any] = {}
+        self._defaults_lock = threading.Lock()
+        self._sync_table = FlightTable(self._limits, self._counters, ThreadSignal, self._finished)
+        self._async_tables: weakref.WeakKeyDictionary[object, FlightTable] = weakref.WeakKeyDictionary()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._backend = backend
+        if backend is not None:
+            backend.bind(self._counters, self._limits)
+
+    # -- what a client calls ------------------------------------------------------------
+
+    @overload
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response: ...
+    @overload
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response: ...
+    async def handle_async_request(self, request: Any) -> Any:
+        library = library_of(request)
+        key = await self._key_async(request, library)
+        if key is not None:
+            table = self._async_table()
+            for attempt in _ATTEMPTS:
+                entered = self._enter(table, key, request, library, attempt, is_async=True)
+                if not isinstance(entered, Seat):
+                    if isinstance(entered, _PassThrough):
+                        break
+                    return entered
+                seat = entered
+                flight = seat.flight
+                if seat.leader:
+                    send = self._async_sender(library, key)
+                    try:
+                        cancel = spawn_detached(partial(pump_async, flight, send, request, self._limits))
+                    except Exception:
+                        # No task, no answer: its callers must not wait for one.
+                        flight.abandon()
+                    else:
+                        if not flight.set_canceller(cancel):
+                            cancel()
+                try:
+                    outcome = await flight.wait_async(flight.outcome, _head_budget(seat, request))
+                except BaseException:
+                    seat.leave()
+                    raise
+                settled = self._settle(seat, outcome, request, library, attempt, is_async=True)
+                if not isinstance(settled, _Retry | _PassThrough):
+                    return settled
+                if isinstance(settled, _PassThrough):
+                    break
+        return await self._inner(library, is_async=True).handle_async_request(request)
+
+    @overload
+    def handle_request(self, request: httpx.Request) -> httpx.Response: ...
+    @overload
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response: ...
+    def handle_request(self, request: Any) -> Any:
+        library = library_of(request)
+        key = self._key_sync(request, library)
+        if key is not None:
+            for attempt in _ATTEMPTS:
+                entered = self._enter(self._sync_table, key, request, library, attempt, is_async=False)
+                if not isinstance(entered, Seat):
+                    if isinstance(entered, _PassThrough):
+                        break
+                    return entered
+                seat = entered
+                flight = seat.flight
+                if seat.leader:
+                    send = self._sync_sender(library, key)
+                    try:
+                        self._pool().submit(pump_sync, flight, send, request, self._limits)
+                    except RuntimeError:
+                        # No thread to be had (interpreter shutting down, or none left):
+                        # its callers must not wait for an answer that cannot come.
+                        flight.abandon()
+                try:
+                    outcome = flight.wait(flight.outcome, _head_budget(seat, request))
+                except BaseException:
+                    seat.leave()
+                    raise
+                settled = self._settle(seat, outcome, request, library, attempt, is_async=False)
+                if not isinstance(settled, _Retry | _PassThrough):
+                    return settled
+                if isinstance(settled, _PassThrough):
+                    break
+        return self._inner(library, is_async=False).handle_request(request)
+
+    def _enter(
+        self, table: FlightTable, key: str, request: Any, library: Library, attempt: int, is_async: bool
+    ) -> Any:
+        """A seat in the flight of *key*, a response from the window, or _PassThrough."""
+        if attempt == 1:
+            served = self._from_window(key, request, library, is_async)
+            if served is not None:
+                return served
+        joined = table.join(key)
+        if isinstance(joined, str):
+            self._counters.bypass(joined, new_request=attempt == 1)
+            return _PASS_THROUGH
+        if attempt == 1:
+            self._counters.add("requests")
+        if joined.leader:
+            joined.flight.timeout = request.extensions.get("timeout")
+        return joined
+
+    def _settle(
+        self,
+        seat: Seat,
+        outcome: Head | BaseException | None,
+        request: Any,
+        library: Library,
+        attempt: int,
+        is_async: bool,
+    ) -> Any:
+        """What a caller does with its flight's outcome: answer, raise, retry or go alone."""
+        if isinstance(outcome, Head):
+            if not seat.leader:
+                self._counters.add("coalesced")
+            return build_response(library, seat, outcome, request, is_async)
+        seat.leave()
+        if outcome is None:
+            # This caller's own timeouts ran out first; the flight goes on for the others.
+            raise library.module.ReadTimeout("timed out waiting for the coalesced response", request=request)
+        if isinstance(outcome, Abandoned) or (
+            _is_timeout(outcome) and request.extensions.get("timeout") != seat.flight.timeout
+        ):
+            # Not an answer this caller would have had alone: the flight stopped for a
+            # reason of its own, or ran out of the leader's timeouts, not this caller's.
+            if attempt < _ATTEMPTS[-1]:
+                return _RETRY
+            self._counters.bypass("abandoned", new_request=False)
+            return _PASS_THROUGH
+        raise fresh_error(outcome, request, library)
+
+    # -- seeing what it does ------------------------------------------------------------
+
+    def stats(self) -> CoalesceStats:
+        """A snapshot of the counters, and what is in flight right now."""
+        in_flight = waiters = 0
+        for table in [self._sync_table, *list(self._async_tables.values())]:
+            flights, seats = table.load()
+            in_flight += flights
+            waiters += seats
+        return self._counters.snapshot(in_flight=in_flight, waiters=waiters)
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+        # The worker pool is left running: a transport may be shared by several clients,
+        # and idle workers cost nothing; they end with the interpreter.
+        for inner in self._inners():
+            close = getattr(inner, "close", None)
+            if close is not None:
+                close()
+
+    async def aclose(self) -> None:
+        if self._backend is not None:
+            await self._backend.aclose()
+        for inner in self._inners():
+            aclose = getattr(inner, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            elif hasattr(inner, "close"):
+                inner.close()
+
+    def __enter__(self) -> CoalescingTransport:
+        enter = getattr(self._transport, "__enter__", None)
+        if enter is not None:
+            enter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> CoalescingTransport:
+        aenter = getattr(self._transport, "__aenter__", None)
+        if aenter is not None:
+            await aenter()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        await self.aclose()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _key_sync(self, request: Any, library: Library) -> str | None:
+        inspection = inspect(request, self._methods, self._opt_out_header)
+        reason = inspection.reason
+        if reason is None:
+            body = read_body_sync(request, self._limits.max_request_bytes, library)
+            if body is not None:
+                return self._key(request_parts(request, inspection, body))
+            reason = "body_too_large"
+        self._counters.bypass(reason)
+        return None
+
+    async def _key_async(self, request: Any, library: Library) -> str | None:
+        inspection = inspect(request, self._methods, self._opt_out_header)
+        reason = inspection.reason
+        if reason is None:
+            body = await read_body_async(request, self._limits.max_request_bytes, library)
+            if body is not None:
+                return self._key(request_parts(request, inspection, body))
+            reason = "body_too_large"
+        self._counters.bypass(reason)
+        return None
+
+    def _key(self, parts: RequestParts) -> str:
+        if self._key_function is None:
+            return self._rules.key(parts)
+        # A key of the user's own still never lets two tenants share.
+        digest = hashlib.blake2b(self._key_function(parts).encode(), digest_size=20)
+        for name, value in parts.headers:
+            if is_credential(name):
+                digest.update(f"\0{name}:{value}".encode("utf-8", "surrogateescape"))
+        return digest.hexdigest()
+
+    def _async_sender(self, library: Library, key: str) -> AsyncSend:
+        """How the leader of *key* gets its response: upstream, or through the backend."""
+        inner = self._inner(library, is_async=True)
+        counters = self._counters
+
+        async def send(request: Any) -> Any:
+            counters.add("upstream_calls")
+            return await inner.handle_async_request(request)
+
+        backend = self._backend
+        if backend is None:
+            return send
+        return lambda request: backend.send_async(key, request, library, send)
+
+    def _sync_sender(self, library: Library, key: str) -> SyncSend:
+        inner = self._inner(library, is_async=False)
+        counters = self._counters
+
+        def send(request: Any) -> Any:
+            counters.add("upstream_calls")
+            return inner.handle_request(request)
+
+        backend = self._backend
+        if backend is None:
+            return send
+        return lambda request: backend.send_sync(key, request, library, send)
+
+    def _inner(self, library: Library, is_async: bool) -> Any:
+        if self._transport is not None:
+            return self._transport
+        inner = self._defaults.get((library.name, is_async))
+        if inner is None:
+            with self._defaults_lock:
+                inner = self._defaults.get((library.name, is_async))
+                if inner is None:
+                    inner = (
+                        library.default_async_transport() if is_async else library.default_sync_transport()
+                    )
+                    self._defaults[(library.name, is_async)] = inner
+        return inner
+
+    def _inners(self) -> list[Any]:
+        return [self._transport] if self._transport is not None else list(self._defaults.values())
+
+    def _async_table(self) -> FlightTable:
+        loop, event_class = current_loop()
+        table = self._async_tables.get(loop)
+        if table is None:
+            table = FlightTable(
+                self._limits, self._counters, lambda lock: AsyncSignal(event_class), self._finished
+            )
+            self._async_tables[loop] = table
+        return table
+
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            with self._defaults_lock:
+                if self._executor is None:
+                    self._executor = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=self._limits.max_flights, thread_name_prefix="httpx-coalesce"
+                    )
+        return self._executor
+
+    def _from_window(self, key: str, request: Any, library: Library, is_async: bool) -> Any:
+        entry = self._window.get(key)
+        if entry is None:
+            return None
+        self._counters.add("requests")
+        self._counters.add("window_hits")
+        self._counters.add("bytes_saved", len(entry.body))
+        self._counters.add("tokens_saved", entry.tokens)
+        info = CoalesceInfo(leader=False, callers=0, flight_id=entry.flight_id, from_window=True)
+        return build_body_response(library, entry.head, entry.body, request, info, is_async)
+
+    def _finished(self, flight: Flight) -> None:
+        """A flight's body is complete: count what sharing saved, keep it for the window."""
+        head = flight.head
+        replay = flight.replay
+        if head is None or not replay.whole:
+            return
+        followers = flight.joined - 1
+        window = self._window.seconds > 0 and shareable_later(head)
+        if followers <= 0 and not window:
+            return
+        body = replay.body()
+        tokens = tokens_in(body, head.header(b"content-type") or b"")
+        self._counters.add("bytes_saved", len(body) * followers)
+        self._counters.add("tokens_saved", tokens * followers)
+        if window:
+            entry = WindowEntry(head, body, flight.id, tokens, time.monotonic() + self._window.seconds)
+            self._window.put(flight.key, entry)
+        logger.debug("flight %s shared by %d callers", flight.id, flight.joined)
+
+
+class _Retry:
+    """Join the table again: the flight ended without an answer meant for this caller."""
+
+
+class _PassThrough:
+    """Send this request upstream alone."""
+
+
+_RETRY = _Retry()
+_PASS_THROUGH = _PassThrough()
+#: A caller joins at most twice: a second flight that also fails it sends it alone.
+_ATTEMPTS = (1, 2)
+_TIMEOUTS = frozenset({"ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout"})
+
+
+def _is_timeout(error: BaseException) -> bool:
+    return type(error).__name__ in _TIMEOUTS
+
+
+def _head_budget(seat: Seat, request: Any) -> float | None:
+    """How long a follower may wait for the head: what its request alone could have taken.
+
+    The leader needs no deadline of its own: the upstream call runs under its timeouts.
+    """
+    if seat.leader:
+        return None
+    timeout = request.extensions.get("timeout")
+    if not timeout:
+        return None
+    parts = [timeout.get(name) for name in ("pool", "connect", "write", "read")]
+    if any(part is None for part in parts):
+        return None
+    return float(sum(parts))
