@@ -1,0 +1,308 @@
+"""RedisBackend: one upstream call for identical requests across processes and machines.
+
+Each process still coalesces locally first; only a local flight's leader comes here.
+It competes for the flight's lease in Redis. The winner sends the request upstream and
+publishes the response, live, on a Redis stream named for its round; the others read
+that stream and hand the response to their own local flights. Redis trouble never
+fails a request: the request goes upstream from this process instead (see README).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .._backend import AsyncSend, SyncSend
+from .._library import Library
+from .._limits import Limits
+from .._stats import Counters
+from ._breaker import Breaker
+from ._clients import AsyncClientFactory, Clients
+from ._context import Context
+from ._errors import RedisTrouble
+from ._follow import Moved, Verdict, follow_async, follow_sync
+from ._keeper import LeaseKeeper
+from ._lead import Lead, lead_async, lead_sync
+from ._names import FlightKeys, new_token
+from ._ops import Lease
+from ._settings import DEFAULT_PREFIX, Settings
+
+__all__ = ["RedisBackend"]
+
+logger = logging.getLogger("httpx_coalesce.redis")
+
+#: Rounds one request waits on before it goes upstream on its own: a leader that dies
+#: is replaced, but a fleet whose leaders keep dying does not hold callers.
+MAX_ROUNDS = 4
+
+#: The extra time a blocking read's socket waits past the block itself: Redis times
+#: blocked reads out on its own clock tick (100 ms at the default ``hz 10``).
+_READ_MARGIN = 1.0
+
+
+class RedisBackend:
+    """Fleet-wide coalescing through Redis.
+
+    ::
+
+        transport = CoalescingTransport(backend=RedisBackend.from_url("redis://localhost:6379/0"))
+
+    ``client`` serves sync requests, the lease heartbeat and trio; ``async_client``, if
+    given, makes one ``redis.asyncio`` client per asyncio event loop (without it,
+    asyncio requests run ``client`` in worker threads). Followers block on
+    ``read_client`` / ``async_read_client`` if given, for a whole heartbeat, so these
+    need a socket timeout longer than that; otherwise they block on the command clients
+    for at most half their socket timeout. Clients passed in are not closed by
+    :meth:`close`; clients made by the factories, or by :meth:`from_url`, are.
+
+    Give clients a short ``socket_timeout`` and no retries (as :meth:`from_url` does):
+    a slow Redis then costs a request that much before it goes upstream on its own.
+
+    How it behaves:
+
+    * Redis trouble (unreachable, slower than the socket timeout, or answering what no
+      leader of ours wrote) never fails a request: it goes upstream from this process,
+      still coalesced locally, and Redis is left alone for ``backoff`` seconds.
+    * A leader that dies is replaced by one of its followers once its lease runs out;
+      the others follow the new leader. A follower that already handed out a streamed
+      response cannot start over: its readers get the client library's ``ReadError``
+      (``ReadTimeout`` after ``follower_wait`` seconds of silence). A buffered response
+      is handed out only whole, so its followers never see that.
+    * Upstream errors reach followers as the same class of the caller's library.
+    * On trio, where ``redis.asyncio`` does not run, the sync client runs in worker
+      threads (at most 256 at once per event loop).
+    * Counters in ``transport.stats()``: ``redis_led`` (rounds this process led for the
+      fleet), ``redis_followed`` (responses or upstream errors it took from another
+      process), ``redis_errors`` (Redis failures, and flights that skipped Redis during
+      the back-off).
+
+    A backend serves one transport: :meth:`bind` ties it to that transport's counters.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        async_client: AsyncClientFactory | None = None,
+        read_client: redis.Redis | None = None,
+        async_read_client: AsyncClientFactory | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        lease: float = 5.0,
+        heartbeat: float | None = None,
+        follower_wait: float | None = None,
+        stream_ttl: float = 30.0,
+        backoff: float = 1.0,
+    ) -> None:
+        self._settings = Settings(
+            prefix=prefix,
+            lease=lease,
+            heartbeat=heartbeat,
+            follower_wait=follower_wait,
+            stream_ttl=stream_ttl,
+            backoff=backoff,
+        )
+        self._clients = Clients(
+            client, read_client, async_client, async_read_client, self._settings.interval, owned=False
+        )
+        self._breaker = Breaker(backoff)
+        self._keeper = LeaseKeeper(
+            self._clients.sync_ops,
+            self._settings.interval,
+            self._settings.lease_ms,
+            self._settings.stream_ttl_ms,
+            self._report,
+        )
+        self._context: Context | None = None
+        self._closed = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        socket_timeout: float = 0.25,
+        socket_connect_timeout: float = 0.25,
+        prefix: str = DEFAULT_PREFIX,
+        lease: float = 5.0,
+        heartbeat: float | None = None,
+        follower_wait: float | None = None,
+        stream_ttl: float = 30.0,
+        backoff: float = 1.0,
+        **redis_options: Any,
+    ) -> RedisBackend:
+        """A backend with its own clients for *url* (``redis://``, ``rediss://``, ``unix://``).
+
+        ``redis_options`` go to ``redis.Redis.from_url`` and ``redis.asyncio.Redis.from_url``
+        (``password``, ``ssl_ca_certs``, ``client_name``...). Retries are off unless
+        given: a retried command would stretch the short timeout that keeps a failing
+        Redis cheap.
+        """
+        if redis_options.get("decode_responses"):
+            raise ValueError("decode_responses=True is not supported: responses are bytes")
+        options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), "max_connections": 10_000, **redis_options}
+        interval = Settings(lease=lease, heartbeat=heartbeat).interval
+        read_timeout = interval + socket_timeout + _READ_MARGIN
+
+        def sync_client(timeout: float) -> redis.Redis:
+            return redis.Redis.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=socket_connect_timeout, **options
+            )
+
+        def async_client(timeout: float) -> AsyncClientFactory:
+            def make() -> redis.asyncio.Redis:
+                return redis.asyncio.Redis.from_url(
+                    url, socket_timeout=timeout, socket_connect_timeout=socket_connect_timeout, **options
+                )
+
+            return make
+
+        backend = cls(
+            sync_client(socket_timeout),
+            async_client=async_client(socket_timeout),
+            read_client=sync_client(read_timeout),
+            async_read_client=async_client(read_timeout),
+            prefix=prefix,
+            lease=lease,
+            heartbeat=heartbeat,
+            follower_wait=follower_wait,
+            stream_ttl=stream_ttl,
+            backoff=backoff,
+        )
+        backend._clients.own()
+        return backend
+
+    # -- the Backend protocol --------------------------------------------------------
+
+    def bind(self, counters: Counters, limits: Limits) -> None:
+        if self._context is not None:
+            raise ValueError("this RedisBackend already serves a transport; make one per transport")
+        self._context = Context(self._settings, limits, counters, self._report)
+
+    async def send_async(self, key: str, request: Any, library: Library, send: AsyncSend) -> Any:
+        context = self._usable()
+        if context is None:
+            return await send(request)
+        try:
+            ops = self._clients.async_ops()
+        except RedisTrouble as trouble:
+            self._report(trouble)
+            return await send(request)
+        keys = FlightKeys(self._settings.prefix, key)
+        following: Lease | None = None
+        replaced: Lease | None = None
+        for _ in range(MAX_ROUNDS):
+            if following is None:
+                lease = _new_lease(keys)
+                try:
+                    holder = await ops.acquire(lease, self._settings.lease_ms)
+                except RedisTrouble as trouble:
+                    self._report(trouble)
+                    return await send(request)
+                self._succeeded()
+                if holder is None:
+                    context.counters.add("redis_led")
+                    lead = Lead(context, self._keeper.hold(lease), replaced)
+                    return await lead_async(lead, ops, request, library, send)
+                following = _lease_of(keys, holder)
+            followed = await follow_async(context, ops, following, request, library)
+            if followed is Verdict.ALONE:
+                return await send(request)
+            following, replaced, done = _next_round(keys, following, followed)
+            if done:
+                return followed
+        return await send(request)
+
+    def send_sync(self, key: str, request: Any, library: Library, send: SyncSend) -> Any:
+        context = self._usable()
+        if context is None:
+            return send(request)
+        ops = self._clients.sync_ops()
+        keys = FlightKeys(self._settings.prefix, key)
+        following: Lease | None = None
+        replaced: Lease | None = None
+        for _ in range(MAX_ROUNDS):
+            if following is None:
+                lease = _new_lease(keys)
+                try:
+                    holder = ops.acquire(lease, self._settings.lease_ms)
+                except RedisTrouble as trouble:
+                    self._report(trouble)
+                    return send(request)
+                self._succeeded()
+                if holder is None:
+                    context.counters.add("redis_led")
+                    return lead_sync(
+                        Lead(context, self._keeper.hold(lease), replaced), ops, request, library, send
+                    )
+                following = _lease_of(keys, holder)
+            followed = follow_sync(context, ops, following, request, library)
+            if followed is Verdict.ALONE:
+                return send(request)
+            following, replaced, done = _next_round(keys, following, followed)
+            if done:
+                return followed
+        return send(request)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._keeper.close()
+        await self._clients.aclose()
+
+    def close(self) -> None:
+        self._closed = True
+        self._keeper.close()
+        self._clients.close()
+
+    # -- internals -------------------------------------------------------------------
+
+    def _usable(self) -> Context | None:
+        """The context, if this flight may use Redis; None to go upstream directly."""
+        context = self._context
+        if context is None or self._closed:
+            return None
+        if not self._breaker.allow():
+            # Counted: a flight that could not coalesce fleet-wide because of Redis.
+            context.counters.add("redis_errors")
+            return None
+        return context
+
+    def _report(self, trouble: RedisTrouble) -> None:
+        if self._context is not None:
+            self._context.counters.add("redis_errors")
+        if self._breaker.failed():
+            logger.warning(
+                "Redis failed (%s); coalescing within this process only, retrying in %.1f s",
+                trouble,
+                self._settings.backoff,
+            )
+        else:
+            logger.debug("Redis failed again: %s", trouble)
+
+    def _succeeded(self) -> None:
+        if not self._breaker.closed:
+            self._breaker.succeeded()
+            logger.info("Redis is back; coalescing across processes again")
+
+
+def _new_lease(keys: FlightKeys) -> Lease:
+    token = new_token()
+    return Lease(keys.lease, keys.stream(token), token)
+
+
+def _lease_of(keys: FlightKeys, holder: str) -> Lease:
+    return Lease(keys.lease, keys.stream(holder), holder)
+
+
+def _next_round(keys: FlightKeys, following: Lease, followed: Any) -> tuple[Lease | None, Lease | None, bool]:
+    """After following *following*: whom to follow next (None: elect), the round a
+    new leader replaces, and whether *followed* is the answer."""
+    if isinstance(followed, Moved):
+        return _lease_of(keys, followed.token), None, False
+    if followed is Verdict.REELECT:
+        return None, following, False
+    return None, None, True

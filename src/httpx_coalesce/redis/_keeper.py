@@ -1,0 +1,117 @@
+"""The heartbeat: one thread renews the leases of every flight this process leads.
+
+A thread, not a task per flight, for three reasons: sync, asyncio and trio flights
+share it; a renewal of all leases is one round trip; and an event loop that is busy
+for a moment does not let its leases lapse while the process is alive. The thread
+sleeps while no lease is held and stops with the backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from ._errors import RedisTrouble
+from ._ops import Lease, SyncOps
+
+__all__ = ["Hold", "LeaseKeeper"]
+
+logger = logging.getLogger("httpx_coalesce.redis")
+
+
+class Hold:
+    """A lease the keeper renews until released; ``lost`` once Redis said it is gone."""
+
+    __slots__ = ("_keeper", "lease", "lost")
+
+    def __init__(self, keeper: LeaseKeeper, lease: Lease) -> None:
+        self._keeper = keeper
+        self.lease = lease
+        self.lost = False
+
+    def release(self) -> None:
+        """Stop renewing (the lease was released, lost, or is left to expire)."""
+        self._keeper.drop(self)
+
+
+class LeaseKeeper:
+    def __init__(
+        self,
+        ops: Callable[[], SyncOps],
+        interval: float,
+        lease_ms: int,
+        stream_ttl_ms: int,
+        on_trouble: Callable[[RedisTrouble], None],
+    ) -> None:
+        self._ops = ops
+        self._interval = interval
+        self._lease_ms = lease_ms
+        self._stream_ttl_ms = stream_ttl_ms
+        self._on_trouble = on_trouble
+        self._condition = threading.Condition()
+        self._holds: set[Hold] = set()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._closed = False
+
+    def hold(self, lease: Lease) -> Hold:
+        hold = Hold(self, lease)
+        with self._condition:
+            idle = not self._holds
+            self._holds.add(hold)
+            # A forked child inherits the thread object but not the thread.
+            if not self._closed and (self._thread is None or self._pid != os.getpid()):
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._run, name="httpx-coalesce-redis-lease", daemon=True
+                )
+                self._thread.start()
+            elif idle:
+                # Only an idle keeper needs waking; a ticking one sees the hold next tick.
+                self._condition.notify_all()
+        return hold
+
+    def drop(self, hold: Hold) -> None:
+        with self._condition:
+            self._holds.discard(hold)
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+            self._holds.clear()
+            self._condition.notify_all()
+            thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread() and self._pid == os.getpid():
+            thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._holds and not self._closed:
+                    self._condition.wait()
+                # Renew on a steady tick; a hold added meanwhile was just written with
+                # a full lease and needs no renewal before it.
+                deadline = time.monotonic() + self._interval
+                while not self._closed and (remaining := deadline - time.monotonic()) > 0:
+                    self._condition.wait(remaining)
+                if self._closed:
+                    return
+                holds = list(self._holds)
+            if holds:
+                self._renew(holds)
+
+    def _renew(self, holds: list[Hold]) -> None:
+        try:
+            held = self._ops().renew([hold.lease for hold in holds], self._lease_ms, self._stream_ttl_ms)
+        except RedisTrouble as trouble:
+            # The leases may now run out; their leaders learn it at their next append.
+            self._on_trouble(trouble)
+            return
+        for hold, still in zip(holds, held, strict=True):
+            if not still:
+                hold.lost = True
+                self.drop(hold)
+                logger.debug("lease %s lost to another leader or expired", hold.lease.key)

@@ -1,0 +1,105 @@
+"""The records of a flight's stream, as the leader writes and followers read them.
+
+Each stream entry is one record: a type and its data. A round is a head, body chunks,
+then exactly one final record (end, error, too large or abort). A round that stopped
+early (its leader aborted, or died and left no final record) may get one more record
+from the leader that replaced it: ``moved``, naming the new round, so that its
+followers go there instead of electing again. Only the response
+travels: status, headers and body, and an upstream error's class name and message
+(with any URL query taken out, since a query may carry an API key).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import orjson
+
+from .._replay import Head
+from ._errors import Garbage
+
+__all__ = [
+    "ABORT",
+    "CHUNK",
+    "END",
+    "ERROR",
+    "HEAD",
+    "MOVED",
+    "TOO_LARGE",
+    "Record",
+    "UpstreamFailure",
+    "decode_error",
+    "decode_head",
+    "error_record",
+    "head_record",
+]
+
+HEAD = b"h"
+CHUNK = b"c"
+#: Final records: exactly one ends a round.
+END = b"e"
+ERROR = b"x"
+TOO_LARGE = b"l"
+ABORT = b"a"
+#: Written by a successor into the stream of a round that stopped early; data: its token.
+MOVED = b"m"
+
+#: (type, data)
+Record = tuple[bytes, bytes]
+
+_MAX_MESSAGE = 1000
+_URL_QUERY = re.compile(r"(\w+://[^\s?#'\"]*)\?[^\s#'\"]*")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamFailure:
+    """An upstream error as a follower learns it: class name and message."""
+
+    name: str
+    message: str
+
+
+def head_record(head: Head) -> Record:
+    document = {
+        "s": head.status,
+        "h": [[name.decode("latin-1"), value.decode("latin-1")] for name, value in head.headers],
+        "v": None if head.http_version is None else head.http_version.decode("latin-1"),
+        "r": None if head.reason_phrase is None else head.reason_phrase.decode("latin-1"),
+    }
+    return HEAD, orjson.dumps(document)
+
+
+def decode_head(data: bytes) -> Head:
+    try:
+        document = orjson.loads(data)
+        status = document["s"]
+        headers = tuple((name.encode("latin-1"), value.encode("latin-1")) for name, value in document["h"])
+        version = document["v"]
+        reason = document["r"]
+        if not isinstance(status, int) or not 100 <= status <= 999:
+            raise ValueError(f"status {status!r}")
+        return Head(
+            status=status,
+            headers=headers,
+            http_version=None if version is None else version.encode("latin-1"),
+            reason_phrase=None if reason is None else reason.encode("latin-1"),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise Garbage(f"unreadable head record: {error}") from None
+
+
+def error_record(error: BaseException) -> Record:
+    message = _URL_QUERY.sub(r"\1?...", str(error))[:_MAX_MESSAGE]
+    return ERROR, orjson.dumps({"n": type(error).__name__, "m": message})
+
+
+def decode_error(data: bytes) -> UpstreamFailure:
+    try:
+        document = orjson.loads(data)
+        name, message = document["n"], document["m"]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+        raise Garbage(f"unreadable error record: {error}") from None
+    if not isinstance(name, str) or not isinstance(message, str):
+        raise Garbage("unreadable error record")
+    return UpstreamFailure(name, message)

@@ -1,0 +1,38 @@
+"""The Lua scripts: each runs atomically in Redis, so no leader acts on a lease that
+has passed to another between two commands."""
+
+from __future__ import annotations
+
+__all__ = ["ACQUIRE", "APPEND"]
+
+#: KEYS: lease. ARGV: token, lease_ms.
+#: Returns {1, token} if this caller now leads, else {0, the current leader's token}:
+#: one round trip both elects and tells a follower which stream to read.
+ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, ARGV[1]}
+end
+return {0, redis.call('GET', KEYS[1])}
+"""
+
+#: KEYS: lease, stream. ARGV: token, lease_ms, stream_ttl_ms, final ('1' or '0'), then
+#: type and data of each record to append.
+#: Appends only while the lease is still this token's, and returns 1; else 0, and
+#: nothing is written. Not final: the lease is extended (appending is a heartbeat
+#: too; with no records it is the heartbeat). Final: the lease is released in the
+#: same step as the last record, so whoever sees the lease gone also sees that record.
+APPEND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+for i = 5, #ARGV, 2 do
+  redis.call('XADD', KEYS[2], '*', 't', ARGV[i], 'd', ARGV[i + 1])
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if ARGV[4] == '1' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+"""
