@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from httpx_coalesce import CoalescingTransport
+from httpx_coalesce._demo.server import LocalServer
+
+from .upstream import Upstream
+
+LIBRARIES: list[ModuleType] = [httpx]
+try:
+    import httpx2
+
+    LIBRARIES.append(httpx2)
+except ImportError:  # pragma: no cover - httpx2 needs Python 3.11
+    pass
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=LIBRARIES, ids=lambda module: module.__name__)
+def lib(request: pytest.FixtureRequest) -> ModuleType:
+    module: ModuleType = request.param
+    return module
+
+
+@pytest.fixture(scope="session")
+def _upstream_server() -> Iterator[tuple[Upstream, LocalServer]]:
+    upstream = Upstream()
+    with LocalServer(upstream.app) as server:
+        yield upstream, server
+
+
+@pytest.fixture
+def upstream(_upstream_server: tuple[Upstream, LocalServer]) -> Iterator[Upstream]:
+    state, _ = _upstream_server
+    state.reset_state()
+    yield state
+    state.reset_state()
+
+
+@pytest.fixture
+def base_url(_upstream_server: tuple[Upstream, LocalServer]) -> str:
+    return _upstream_server[1].url
+
+
+@pytest.fixture
+def make_transport() -> Iterator[Callable[..., CoalescingTransport]]:
+    """Transports made here are checked after the test: no flight may be left behind."""
+    made: list[CoalescingTransport] = []
+
+    def make(**options: Any) -> CoalescingTransport:
+        transport = CoalescingTransport(**options)
+        made.append(transport)
+        return transport
+
+    yield make
+    for transport in made:
+        stats = transport.stats()
+        assert (stats.in_flight, stats.waiters) == (0, 0), f"leaked flights: {stats}"
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for a condition to hold (tests overlap requests on conditions, not on time)."""
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.001)
+
+
+def until_sync(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition never held")
+        time.sleep(0.001)

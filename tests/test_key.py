@@ -1,0 +1,194 @@
+"""The key: what makes two requests the same request. Unit tests and properties."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from httpx_coalesce import CREDENTIAL_HEADERS, DEFAULT_IGNORED_HEADERS, CoalescingTransport, RequestParts
+from httpx_coalesce._key import KeyRules
+from httpx_coalesce._request import inspect, request_parts
+
+
+def key_of(request: httpx.Request, transport: CoalescingTransport | None = None) -> str:
+    transport = transport or CoalescingTransport()
+    request.read()
+    return transport._key(parts_of(request))
+
+
+def parts_of(request: httpx.Request) -> RequestParts:
+    return request_parts(request, inspect(request, frozenset({"POST", "PUT"}), "x-coalesce"), request.content)
+
+
+URL = "https://api.example.com/v1/chat"
+
+
+def post(body: bytes | None = None, url: str = URL, headers: dict[str, str] | None = None) -> httpx.Request:
+    all_headers = {"content-type": "application/json", **(headers or {})}
+    return httpx.Request("POST", url, content=body if body is not None else b'{"q": 1}', headers=all_headers)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**15) + 1, 10**15 - 1) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(document=st.dictionaries(st.text(max_size=6), json_values, max_size=6), seed=st.randoms())
+def test_equal_json_documents_give_equal_keys_whatever_their_key_order_spacing_or_escapes(
+    document: dict[str, Any], seed: Any
+) -> None:
+    items = list(document.items())
+    seed.shuffle(items)
+    compact = orjson.dumps(document)
+    spaced = json.dumps(
+        dict(items), indent=seed.choice([None, 1, 4]), ensure_ascii=seed.choice([True, False])
+    )
+    assert key_of(post(compact)) == key_of(post(spaced.encode()))
+
+
+@settings(max_examples=100, deadline=None)
+@given(document=st.dictionaries(st.text(max_size=6), json_values, min_size=1, max_size=6), data=st.data())
+def test_any_change_to_a_body_field_changes_the_key(document: dict[str, Any], data: Any) -> None:
+    field = data.draw(st.sampled_from(sorted(document)))
+    changed = {**document, field: ["changed", document[field]]}
+    assert key_of(post(orjson.dumps(document))) != key_of(post(orjson.dumps(changed)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    volatile=st.dictionaries(
+        st.sampled_from(sorted(DEFAULT_IGNORED_HEADERS - {"content-length"})),
+        st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=10),
+    )
+)
+def test_volatile_headers_never_matter(volatile: dict[str, str]) -> None:
+    assert key_of(post(headers=volatile)) == key_of(post())
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    name=st.sampled_from(
+        sorted(CREDENTIAL_HEADERS | {"anthropic-beta", "anthropic-version", "openai-project"})
+    ),
+    value=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20),
+)
+def test_credentials_always_matter_even_when_configured_out(name: str, value: str) -> None:
+    everything_ignored = CoalescingTransport(ignore_headers=CREDENTIAL_HEADERS | {name})
+    assert key_of(post(headers={name: value}), everything_ignored) != key_of(post(), everything_ignored)
+    assert key_of(post(headers={name: value})) != key_of(post(headers={name: value + "x"}))
+
+
+def test_method_url_and_query_order_take_part() -> None:
+    base = key_of(post(url="https://api.example.com/v1/chat?a=1&b=2"))
+    assert base != key_of(post(url="https://api.example.com/v1/chat?b=2&a=1"))
+    assert base != key_of(post(url="https://api.example.com/v1/other?a=1&b=2"))
+    assert base != key_of(post(url="http://api.example.com/v1/chat?a=1&b=2"))
+    put = httpx.Request("PUT", "https://api.example.com/v1/chat?a=1&b=2", content=b'{"q": 1}')
+    assert base != key_of(put)
+
+
+def test_scheme_and_host_case_and_default_port_do_not_matter() -> None:
+    assert key_of(post(url="https://api.example.com/v1")) == key_of(
+        post(url="HTTPS://API.Example.COM:443/v1")
+    )
+    assert key_of(post(url="https://api.example.com/v1")) != key_of(
+        post(url="https://api.example.com:8443/v1")
+    )
+
+
+def test_header_names_compare_case_insensitively() -> None:
+    assert key_of(post(headers={"X-Custom": "1"})) == key_of(post(headers={"x-custom": "1"}))
+
+
+def test_ignored_json_fields_are_left_out_at_the_top_level_only() -> None:
+    transport = CoalescingTransport(ignore_json_fields={"user", "metadata"})
+    a = post(b'{"q": 1, "user": "alice", "metadata": {"trace": 1}}')
+    b = post(b'{"q": 1, "user": "bob"}')
+    assert key_of(a, transport) == key_of(b, transport)
+    assert key_of(post(b'{"q": {"user": "alice"}}'), transport) != key_of(
+        post(b'{"q": {"user": "bob"}}'), transport
+    )
+
+
+def test_ignore_headers_replaces_the_default_list() -> None:
+    transport = CoalescingTransport(ignore_headers={"x-mine"})
+    assert key_of(post(headers={"x-mine": "1"}), transport) == key_of(
+        post(headers={"x-mine": "2"}), transport
+    )
+    assert key_of(post(headers={"traceparent": "a"}), transport) != key_of(
+        post(headers={"traceparent": "b"}), transport
+    )
+    added = CoalescingTransport(ignore_headers=DEFAULT_IGNORED_HEADERS | {"x-mine"})
+    assert key_of(post(headers={"traceparent": "a", "x-mine": "1"}), added) == key_of(
+        post(headers={"traceparent": "b"}), added
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xff\xfe not utf-8",
+        b'{"a": 1, "a": 2}',
+        b"[" * 5000 + b"]" * 5000,
+        b'{"unterminated": ',
+    ],
+    ids=["not-utf8", "duplicate-keys", "deep-nesting", "malformed"],
+)
+def test_odd_bodies_are_keyed_without_crashing(body: bytes) -> None:
+    assert len(key_of(post(body))) == 40
+    assert key_of(post(body)) != key_of(post(body + b" "))
+
+
+def test_json_numbers_keep_their_type() -> None:
+    # 1 and 1.0 may mean different things to an API; keeping them apart is always safe.
+    assert key_of(post(b'{"t": 1}')) != key_of(post(b'{"t": 1.0}'))
+    assert key_of(post(b'{"t": 1.0}')) == key_of(post(b'{"t": 1.00}'))
+
+
+def test_a_custom_key_function_still_keeps_tenants_apart() -> None:
+    seen: list[RequestParts] = []
+
+    def by_path(parts: RequestParts) -> str:
+        seen.append(parts)
+        return parts.target.decode()
+
+    transport = CoalescingTransport(key=by_path)
+    assert key_of(post(b'{"q": 1}'), transport) == key_of(post(b'{"q": 2}'), transport)
+    assert key_of(post(headers={"authorization": "Bearer a"}), transport) != key_of(
+        post(headers={"authorization": "Bearer b"}), transport
+    )
+    assert seen[0].method == "POST"
+
+
+def test_the_key_never_contains_a_credential() -> None:
+    secret = "sk-live-very-secret-value"
+    request = post(headers={"authorization": f"Bearer {secret}"})
+    key = key_of(request)
+    assert secret not in key
+    assert "Bearer" not in key
+    assert KeyRules().key(parts_of(request)) == key
+
+
+def test_a_trailing_star_ignores_a_family_of_headers_but_never_a_credential() -> None:
+    sdk_a = {"x-stainless-raw-response": "true", "x-stainless-os": "Linux"}
+    sdk_b = {"x-stainless-helper-method": "chat.completions.parse", "x-stainless-os": "MacOS"}
+    assert key_of(post(headers=sdk_a)) == key_of(post(headers=sdk_b))
+    greedy = CoalescingTransport(ignore_headers={"x-api-*", "anthropic-*", "x-*"})
+    assert key_of(post(headers={"x-api-key": "a"}), greedy) != key_of(
+        post(headers={"x-api-key": "b"}), greedy
+    )
+    assert key_of(post(headers={"anthropic-beta": "a"}), greedy) != key_of(
+        post(headers={"anthropic-beta": "b"}), greedy
+    )
+    assert key_of(post(headers={"x-trace": "a"}), greedy) == key_of(post(headers={"x-trace": "b"}), greedy)
