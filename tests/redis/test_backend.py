@@ -1,0 +1,530 @@
+"""The Redis backend within one test process: each transport has its own backend, so
+two transports are two members of a fleet, as two processes would be."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import anyio
+import httpx
+import orjson
+import pytest
+import redis
+
+from httpx_coalesce import CoalescingTransport, Limits
+from httpx_coalesce.redis import RedisBackend
+
+from ..conftest import until, until_sync
+from ..upstream import Upstream
+from .conftest import blocked_readers
+
+pytestmark = pytest.mark.anyio
+
+MakeTransport = Callable[..., CoalescingTransport]
+asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
+
+
+def backend(redis_url: str, prefix: str, name: str, **options: Any) -> RedisBackend:
+    return RedisBackend.from_url(redis_url, prefix=prefix, client_name=f"{prefix}{name}", **options)
+
+
+def following(redis_client: redis.Redis, prefix: str, name: str) -> Callable[[], bool]:
+    """Whether the transport whose backend is *name* is blocked reading a leader's stream."""
+    return lambda: blocked_readers(redis_client, f"{prefix}{name}") == 1
+
+
+def records(redis_client: redis.Redis, prefix: str) -> dict[str, list[tuple[bytes, bytes]]]:
+    """Every stream under *prefix*: its records as (type, data)."""
+    streams: dict[str, list[tuple[bytes, bytes]]] = {}
+    for key in redis_client.scan_iter(match=f"{prefix}stream:*"):
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = redis_client.xrange(key)  # type: ignore[assignment]
+        streams[key.decode()] = [(fields[b"t"], fields[b"d"]) for _, fields in entries]
+    return streams
+
+
+def request_key(redis_client: redis.Redis, prefix: str) -> tuple[str, str]:
+    """The request key and token of the one round recorded under *prefix*."""
+    [name] = records(redis_client, prefix)
+    key, token = name.split("{", 1)[1].split("}:")
+    return key, token
+
+
+class GatedFailure(httpx.AsyncBaseTransport):
+    """An upstream that fails to connect, once the test lets it."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.arrived.set()
+        while not self.release.is_set():
+            await anyio.sleep(0.002)
+        raise httpx.ConnectError(self.message, request=request)
+
+
+async def test_two_transports_make_one_upstream_call(
+    lib: ModuleType,
+    upstream: Upstream,
+    base_url: str,
+    redis_url: str,
+    prefix: str,
+    redis_client: redis.Redis,
+    make_transport: MakeTransport,
+) -> None:
+    leader = make_transport(backend=backend(redis_url, prefix, "leader"))
+    follower = make_transport(backend=backend(redis_url, prefix, "follower"))
+    upstream.hold()
+    bodies: list[bytes] = []
+    async with (
+        lib.AsyncClient(transport=leader, base_url=base_url) as first,
+        lib.AsyncClient(transport=follower, base_url=base_url) as second,
+    ):
+
+        async def call(client: Any) -> None:
+            response = await client.post("/echo", json={"q": "fleet"})
+            assert response.status_code == 200
+            bodies.append(response.content)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(call, first)
+            await until(lambda: upstream.hits["/echo"] == 1)
+            for _ in range(3):
+                group.start_soon(call, second)
+            await until(following(redis_client, prefix, "follower"))
+            upstream.gate.set()
+
+    assert upstream.hits["/echo"] == 1
+    assert len(bodies) == 6
+    assert len(set(bodies)) == 1
+    led, followed = leader.stats(), follower.stats()
+    assert (led.upstream_calls, led.redis_led, led.redis_followed) == (1, 1, 0)
+    assert (followed.upstream_calls, followed.redis_led, followed.redis_followed) == (0, 0, 1)
+    assert followed.coalesced == 2
+    assert led.redis_errors == followed.redis_errors == 0
+
+
+def test_sync_clients_in_two_transports_make_one_upstream_call(
+    upstream: Upstream,
+    base_url: str,
+    redis_url: str,
+    prefix: str,
+    redis_client: redis.Redis,
+    make_transport: MakeTransport,
+) -> None:
+    leader = make_transport(backend=backend(redis_url, prefix, "leader"))
+    follower = make_transport(backend=backend(redis_url, prefix, "follower"))
+    upstream.hold()
+    bodies: list[bytes] = []
+    with (
+        httpx.Client(transport=leader, base_url=base_url) as first,
+        httpx.Client(transport=follower, base_url=base_url) as second,
+    ):
+
+        def call(client: httpx.Client) -> None:
+            bodies.append(client.post("/echo", json={"q": "fleet"}).content)
+
+        threads = [threading.Thread(target=call, args=(first,)) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        until_sync(lambda: upstream.hits["/echo"] == 1)
+        threads += [threading.Thread(target=call, args=(second,)) for _ in range(3)]
+        for thread in threads[3:]:
+            thread.start()
+        until_sync(following(redis_client, prefix, "follower"))
+        upstream.gate.set()
+        for thread in threads:
+            thread.join()
+
+    assert upstream.hits["/echo"] == 1
+    assert len(bodies) == 6
+    assert len(set(bodies)) == 1
+    assert (leader.stats().redis_led, follower.stats().redis_followed) == (1, 1)
+
+
+async def test_streamed_response_reaches_a_follower_live(
+    upstream: Upstream,
+    base_url: str,
+    redis_url: str,
+    prefix: str,
+    redis_client: redis.Redis,
+    make_transport: MakeTransport,
+) -> None:
+    leader = make_transport(backend=backend(redis_url, prefix, "leader"))
+    follower = make_transport(backend=backend(redis_url, prefix, "follower"))
+    upstream.hold()
+    firsts: list[bytes] = []
+    bodies: list[bytes] = []
+    async with (
+        httpx.AsyncClient(transport=leader, base_url=base_url) as first,
+        httpx.AsyncClient(transport=follower, base_url=base_url) as second,
+    ):
+
+        async def call(client: httpx.AsyncClient) -> None:
+            async with client.stream("GET", "/sse?events=3&hold=1") as response:
+                chunks = response.aiter_raw()
+                firsts.append(await chunks.__anext__())
+                bodies.append(firsts[-1] + b"".join([chunk async for chunk in chunks]))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(call, first)
+            await until(upstream.holding.is_set)
+            group.start_soon(call, second)
+            # The follower has the first event while the upstream still holds the rest.
+            await until(lambda: len(firsts) == 2)
+            assert not upstream.gate.is_set()
+            upstream.gate.set()
+
+    assert upstream.hits["/sse"] == 1
+    assert firsts[0] == firsts[1] == b'data: {"n":0}\n\n'
+    assert bodies[0] == bodies[1]
+    assert bodies[0].endswith(b"data: [DONE]\n\n")
+
+
+async def test_upstream_connect_error_reaches_followers_as_the_same_class(
+    lib: ModuleType, redis_url: str, prefix: str, redis_client: redis.Redis, make_transport: MakeTransport
+) -> None:
+    upstream = GatedFailure("[Errno 111] Connection refused")
+    leader = make_transport(transport=upstream, backend=backend(redis_url, prefix, "leader"))
+    follower = make_transport(backend=backend(redis_url, prefix, "follower"))
+    errors: dict[str, BaseException] = {}
+    # Both clients send the same headers, so the two libraries share one key.
+    headers = {"user-agent": "test"}
+    async with (
+        httpx.AsyncClient(transport=leader, headers=headers) as first,
+        lib.AsyncClient(transport=follower, headers=headers) as second,
+    ):
+
+        async def call(name: str, client: Any) -> None:
+            try:
+                await client.get("http://upstream.invalid/models")
+            except Exception as error:
+                errors[name] = error
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(call, "leader", first)
+            await until(upstream.arrived.is_set)
+            group.start_soon(call, "follower", second)
+            await until(following(redis_client, prefix, "follower"))
+            upstream.release.set()
+
+    assert isinstance(errors["leader"], httpx.ConnectError)
+    followed = errors["follower"]
+    assert isinstance(followed, lib.ConnectError)
+    assert str(followed) == "[Errno 111] Connection refused"
+    assert followed.request.url == "http://upstream.invalid/models"
+    assert follower.stats().redis_followed == 1
+    assert follower.stats().upstream_calls == 0
+
+
+@asyncio_only
+async def test_upstream_failure_mid_stream_reaches_a_streaming_follower_after_its_bytes(
+    upstream: Upstream,
+    base_url: str,
+    redis_url: str,
+    prefix: str,
+    redis_client: redis.Redis,
+    make_transport: MakeTransport,
+) -> None:
+    leader = make_transport(backend=backend(redis_url, prefix, "leader"))
+    follower = make_transport(backend=backend(redis_url, prefix, "follower"))
+    upstream.hold()
+    outcomes: list[tuple[bytes, str]] = []
+    async with (
+        httpx.AsyncClient(transport=leader, base_url=base_url) as first,
+        httpx.AsyncClient(transport=follower, base_url=base_url) as second,
+    ):
+
+        async def call(client: httpx.AsyncClient) -> None:
+            received = b""
+            try:
+                async with client.stream("GET", "/sse?events=5&hold=1&fail=2") as response:
+                    async for chunk in response.aiter_raw():
+                        received += chunk
+            except httpx.TransportError as error:
+                outcomes.append((received, type(error).__name__))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(call, first)
+            await until(upstream.holding.is_set)
+            group.start_soon(call, second)
+            await until(following(redis_client, prefix, "follower"))
+            upstream.gate.set()
+
+    assert len(outcomes) == 2
+    assert outcomes[0] == outcomes[1]
+    received, name = outcomes[0]
+    assert received == b'data: {"n":0}\n\ndata: {"n":1}\n\n'
+    assert name == "RemoteProtocolError"
+    assert upstream.hits["/sse"] == 1
+
+
+@asyncio_only
+async def test_leader_whose_callers_all_leave_hands_the_round_to_one_follower(
+    upstream: Upstream,
+    base_url: str,
+    redis_url: str,
+    prefix: str,
+    redis_client: redis.Redis,
+    make_transport: MakeTransport,
+) -> None:
+    leader = make_transport(backend=backend(redis_url, prefix, "leader"))
+    follower = make_transport(backend=backend(redis_url, prefix, "follower"))
+    upstream.hold()
+    bodies: list[bytes] = []
+    async with (
+        httpx.AsyncClient(transport=leader, base_url=base_url) as first,
+        httpx.AsyncClient(transport=follower, base_url=base_url) as second,
+    ):
+
+        async def call(client: httpx.AsyncClient) -> None:
+            bodies.append((await client.post("/echo", json={"q": "fleet"})).content)
+
+        async with anyio.create_task_group() as group:
+            async with anyio.create_task_group() as leader_callers:
+                leader_callers.start_soon(call, first)
+                await until(lambda: upstream.hits["/echo"] == 1)
+                group.start_soon(call, second)
+                await until(following(redis_client, prefix, "follower"))
+                leader_callers.cancel_scope.cancel()
+            # The follower takes over at once (an abort record, not the lease expiry).
+            await until(lambda: upstream.hits["/echo"] == 2)
+            upstream.gate.set()
+
+    assert len(bodies) == 1
+    assert orjson.loads(bodies[0])["hit"] == 2
+    assert leader.stats().cancelled_flights == 1
+    assert (follower.stats().redis_led, follower.stats().upstream_calls) == (1, 1)
+
+
+@asyncio_only
+async def test_follower_not_yet_answered_sends_its_own_request_when_the_body_is_too_large(
+    upstream: Upstream,
+    base_url: str,
+    redis_url: str,
+    prefix: str,
+    redis_client: redis.Redis,
+    make_transport: MakeTransport,
+) -> None:
+    # The leader publishes at most its max_body_bytes. This follower buffers a body of
+    # this length (its own limit is larger), so it has handed nothing out yet.
+    leader = make_transport(backend=backend(redis_url, prefix, "leader"), limits=Limits(max_body_bytes=1000))
+    follower = make_transport(backend=backend(redis_url, prefix, "follower"))
+    upstream.hold()
+    sizes: list[int] = []
+    async with (
+        httpx.AsyncClient(transport=leader, base_url=base_url) as first,
+        httpx.AsyncClient(transport=follower, base_url=base_url) as second,
+    ):
+
+        async def call(client: httpx.AsyncClient) -> None:
+            sizes.append(len((await client.get("/big?size=5000")).content))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(call, first)
+            await until(lambda: upstream.hits["/big"] == 1)
+            group.start_soon(call, second)
+            await until(following(redis_client, prefix, "follower"))
+            upstream.gate.set()
+
+    assert sizes == [5000, 5000]
+    assert upstream.hits["/big"] == 2
+    assert (follower.stats().redis_followed, follower.stats().upstream_calls) == (0, 1)
+    [stream] = records(redis_client, prefix).values()
+    assert stream[-1] == (b"l", b"")
+
+
+@asyncio_only
+async def test_streaming_follower_gets_a_read_error_when_the_body_grows_too_large(
+    upstream: Upstream,
+    base_url: str,
+    redis_url: str,
+    prefix: str,
+    redis_client: redis.Redis,
+    make_transport: MakeTransport,
+) -> None:
+    leader = make_transport(backend=backend(redis_url, prefix, "leader"), limits=Limits(max_body_bytes=500))
+    follower = make_transport(backend=backend(redis_url, prefix, "follower"))
+    upstream.hold()
+    outcomes: dict[str, tuple[bytes, str | None]] = {}
+    async with (
+        httpx.AsyncClient(transport=leader, base_url=base_url) as first,
+        httpx.AsyncClient(transport=follower, base_url=base_url) as second,
+    ):
+
+        async def call(name: str, client: httpx.AsyncClient) -> None:
+            received = b""
+            try:
+                async with client.stream("GET", "/sse?events=3&hold=1&pad=300") as response:
+                    async for chunk in response.aiter_raw():
+                        received += chunk
+                outcomes[name] = (received, None)
+            except httpx.ReadError as error:
+                outcomes[name] = (received, str(error))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(call, "leader", first)
+            await until(upstream.holding.is_set)
+            group.start_soon(call, "follower", second)
+            await until(following(redis_client, prefix, "follower"))
+            upstream.gate.set()
+
+    leader_body, leader_error = outcomes["leader"]
+    assert leader_error is None
+    assert leader_body.endswith(b"data: [DONE]\n\n")
+    follower_body, follower_error = outcomes["follower"]
+    assert follower_error == "the shared response passed the body size limit"
+    assert leader_body.startswith(follower_body)
+    assert follower_body.startswith(b'data: {"n":0}')
+    assert upstream.hits["/sse"] == 1
+
+
+@asyncio_only
+async def test_leader_that_lost_its_lease_stops_publishing(
+    upstream: Upstream,
+    base_url: str,
+    redis_url: str,
+    prefix: str,
+    redis_client: redis.Redis,
+    make_transport: MakeTransport,
+) -> None:
+    options = {"lease": 1.0}
+    leader = make_transport(backend=backend(redis_url, prefix, "leader", **options))
+    follower = make_transport(backend=backend(redis_url, prefix, "follower", **options))
+    upstream.hold()
+    hits: dict[str, int] = {}
+    async with (
+        httpx.AsyncClient(transport=leader, base_url=base_url) as first,
+        httpx.AsyncClient(transport=follower, base_url=base_url) as second,
+    ):
+
+        async def call(name: str, client: httpx.AsyncClient) -> None:
+            hits[name] = orjson.loads((await client.post("/echo", json={"q": 1})).content)["hit"]
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(call, "leader", first)
+            await until(lambda: upstream.hits["/echo"] == 1)
+            group.start_soon(call, "follower", second)
+            await until(following(redis_client, prefix, "follower"))
+            [lease] = redis_client.keys(f"{prefix}lease:*")
+            old_token = redis_client.get(lease)
+            assert isinstance(old_token, bytes)
+            suffix = old_token.decode()
+            # As if the leader had stalled past its lease: the follower takes over.
+            redis_client.delete(lease)
+            await until(lambda: upstream.hits["/echo"] == 2)
+            upstream.gate.set()
+
+    # Both held at the gate until the end, so both saw the total of two calls.
+    assert hits == {"leader": 2, "follower": 2}
+    streams = records(redis_client, prefix)
+    # The old leader's round holds only its successor's pointer: nothing it published
+    # after the lease was gone reached Redis.
+    old = streams.pop(next(name for name in streams if name.endswith(suffix)))
+    assert [kind for kind, _ in old] == [b"m"]
+    [new] = streams.values()
+    assert [kind for kind, _ in new] == [b"h", b"c", b"e"]
+
+
+@asyncio_only
+async def test_follower_stops_waiting_for_a_silent_leader_after_follower_wait(
+    upstream: Upstream,
+    base_url: str,
+    redis_url: str,
+    prefix: str,
+    redis_client: redis.Redis,
+    make_transport: MakeTransport,
+) -> None:
+    leader = make_transport(backend=backend(redis_url, prefix, "leader"))
+    follower = make_transport(backend=backend(redis_url, prefix, "follower", follower_wait=0.2))
+    upstream.hold()
+    async with (
+        httpx.AsyncClient(transport=leader, base_url=base_url) as first,
+        httpx.AsyncClient(transport=follower, base_url=base_url) as second,
+    ):
+        async with anyio.create_task_group() as group:
+            group.start_soon(first.get, "/echo")
+            await until(lambda: upstream.hits["/echo"] == 1)
+            group.start_soon(second.get, "/echo")
+            # The leader is alive (its lease renewed) but silent: the follower goes alone.
+            await until(lambda: upstream.hits["/echo"] == 2)
+            upstream.gate.set()
+
+    assert (follower.stats().redis_followed, follower.stats().upstream_calls) == (0, 1)
+
+
+@asyncio_only
+async def test_late_follower_of_a_replaced_round_gets_the_successors_response(
+    upstream: Upstream,
+    base_url: str,
+    redis_url: str,
+    prefix: str,
+    redis_client: redis.Redis,
+    make_transport: MakeTransport,
+) -> None:
+    # A round that finished, then a dead round pointing to it, as a follower that
+    # noticed its leader's death only after the successor was done would find them.
+    async with httpx.AsyncClient(transport=make_transport(backend=backend(redis_url, prefix, "a"))) as client:
+        await client.get(f"{base_url}/echo")
+    key, finished = request_key(redis_client, prefix)
+    dead = "0123456789abcdef"
+    redis_client.set(f"{prefix}lease:{{{key}}}", dead, px=60_000)
+    redis_client.xadd(f"{prefix}stream:{{{key}}}:{dead}", {"t": "m", "d": finished})
+    redis_client.pexpire(f"{prefix}stream:{{{key}}}:{dead}", 30_000)
+
+    late = make_transport(backend=backend(redis_url, prefix, "late"))
+    try:
+        async with httpx.AsyncClient(transport=late) as client:
+            response = await client.get(f"{base_url}/echo")
+    finally:
+        redis_client.delete(f"{prefix}lease:{{{key}}}")
+    assert orjson.loads(response.content)["hit"] == 1
+    assert upstream.hits["/echo"] == 1
+    assert (late.stats().redis_followed, late.stats().upstream_calls) == (1, 0)
+
+
+async def test_nothing_secret_reaches_redis(
+    upstream: Upstream,
+    base_url: str,
+    redis_url: str,
+    prefix: str,
+    redis_client: redis.Redis,
+    make_transport: MakeTransport,
+) -> None:
+    secret = b"sk-live-0123456789"
+    async with httpx.AsyncClient(
+        transport=make_transport(backend=backend(redis_url, prefix, "a")),
+        headers={"authorization": f"Bearer {secret.decode()}"},
+    ) as client:
+        # The echo answers with hashes of the credential and the body, never with them.
+        await client.post(f"{base_url}/echo", json={"prompt": secret.decode()})
+    failing = GatedFailure(f"cannot reach https://api.example.com/v1/models?key={secret.decode()}")
+    failing.release.set()
+    async with httpx.AsyncClient(
+        transport=make_transport(transport=failing, backend=backend(redis_url, prefix, "b"))
+    ) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get("http://upstream.invalid/models")
+
+    streams = records(redis_client, prefix)
+    assert len(streams) == 2
+    stored = repr(streams).encode()
+    assert secret not in stored
+    assert b"https://api.example.com/v1/models?..." in stored
+    # Key names hold only hashes and tokens.
+    assert all(name.rsplit(":", 2)[-2].strip("{}").isalnum() for name in streams)
+    assert hashlib.sha256(b"Bearer " + secret).hexdigest().encode() in stored  # the echo's own hash
+
+
+def test_a_backend_serves_one_transport(redis_url: str, prefix: str) -> None:
+    shared = backend(redis_url, prefix, "a")
+    CoalescingTransport(backend=shared)
+    with pytest.raises(ValueError, match="one per transport"):
+        CoalescingTransport(backend=shared)
+    shared.close()
