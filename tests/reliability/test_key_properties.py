@@ -31,6 +31,15 @@ METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 TRANSPORT = CoalescingTransport(methods=METHODS)
 
 finite_floats = st.floats(allow_nan=False, allow_infinity=False).filter(lambda x: x != 0.0)
+#: Non-zero floats whose shortest writing has at most 13 digits, so they can be written
+#: several ways under the 16-digit limit (most random doubles need 17 and would all be
+#: filtered out, which fails Hypothesis' health check now and then).
+short_floats = st.builds(
+    lambda sign, digits, exponent: float(f"{sign}{digits}e{exponent}"),
+    st.sampled_from(["", "-"]),
+    st.integers(1, 10**13 - 1),
+    st.integers(-290, 290),
+)
 
 
 def key_of(
@@ -72,7 +81,7 @@ def mantissa_digits(written: str) -> int:
 
 
 @settings(max_examples=150, deadline=None)
-@given(value=finite_floats, data=st.data())
+@given(value=short_floats, data=st.data())
 def test_a_float_keys_the_same_however_it_is_written(value: float, data: st.DataObject) -> None:
     writings = [w for w in float_writings(value) if mantissa_digits(w) < 16]
     assume(writings)
