@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import threading
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -223,3 +225,33 @@ async def test_a_follower_waits_for_each_chunk_no_longer_than_its_own_read_timeo
     assert follower.data == expected_stream(1)[: -len(b"data: [DONE]\n\n")]
     assert isinstance(follower.error, lib.ReadTimeout)
     assert upstream.hits["/sse"] == 1
+
+
+async def test_a_dropped_stream_collected_in_another_thread_leaves_on_its_own_loop(
+    lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport
+) -> None:
+    # The finalizer of a dropped stream runs wherever the garbage collector runs: in a
+    # foreign thread, maybe one that holds the table's lock. It must neither block on
+    # that lock nor touch the event loop's objects from there.
+    transport = make_transport()
+    upstream.hold()
+    async with lib.AsyncClient(transport=transport, base_url=base_url) as client:
+        response = await client.send(client.build_request("GET", "/sse?events=3&hold=1"), stream=True)
+        cycle: list[Any] = [response]
+        cycle.append(cycle)  # only the cyclic collector can free it now
+        del response, cycle
+        assert transport.stats().waiters == 1
+        (table,) = transport._async_tables.values()
+        collected = threading.Event()
+
+        def collect_holding_the_lock() -> None:
+            with table.lock:
+                gc.collect()
+            collected.set()
+
+        threading.Thread(target=collect_holding_the_lock, daemon=True).start()
+        await until(collected.is_set)
+        await until(lambda: transport.stats().waiters == 0)
+        assert transport.stats().cancelled_flights == 1
+        await until(lambda: upstream.streams_closed == 1)
+        upstream.gate.set()

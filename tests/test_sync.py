@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import threading
 from collections.abc import Callable
@@ -177,3 +178,32 @@ def test_the_window_serves_sync_clients_too(
     assert body == first.content
     assert late.extensions["coalesce"].from_window
     assert upstream.hits["/echo"] == 1
+
+
+def test_a_dropped_stream_collected_while_the_table_lock_is_held_does_not_deadlock(
+    lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport
+) -> None:
+    # The garbage collector runs a dropped stream's finalizer in whatever thread it runs,
+    # at any allocation: also inside the transport's own locked sections. A finalizer
+    # that took the table's (non-reentrant) lock there would hang that thread forever,
+    # and every caller after it.
+    transport = make_transport()
+    upstream.hold()
+    with lib.Client(transport=transport, base_url=base_url) as client:
+        response = client.send(client.build_request("GET", "/sse?events=3&hold=1"), stream=True)
+        cycle: list[Any] = [response]
+        cycle.append(cycle)  # only the cyclic collector can free it now
+        del response, cycle
+        assert transport.stats().waiters == 1
+        collected = threading.Event()
+
+        def collect_holding_the_lock() -> None:
+            with transport._sync_table.lock:
+                gc.collect()
+            collected.set()
+
+        threading.Thread(target=collect_holding_the_lock, daemon=True).start()
+        assert collected.wait(10), "the finalizer deadlocked on the table lock"
+        until_sync(lambda: transport.stats().waiters == 0)
+        assert transport.stats().cancelled_flights == 1
+        upstream.gate.set()

@@ -14,6 +14,7 @@ returns ``None`` for "not yet".
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import logging
@@ -29,6 +30,7 @@ from ._limits import Limits
 from ._replay import Head, Replay
 from ._signal import AsyncSignal, Signal, ThreadSignal
 from ._stats import Counters
+from ._tasks import Chore, later_in_janitor
 
 __all__ = ["END", "Abandoned", "Flight", "FlightTable", "Seat"]
 
@@ -320,6 +322,7 @@ class FlightTable:
         counters: Counters,
         make_signal: Callable[[threading.Lock], Signal],
         on_finish: Callable[[Flight], None],
+        run_soon: Callable[[Chore], object] = later_in_janitor,
     ) -> None:
         self.lock = threading.Lock()
         self.limits = limits
@@ -327,6 +330,9 @@ class FlightTable:
         self.flights: dict[str, Flight] = {}
         self._make_signal = make_signal
         self._on_finish = on_finish
+        #: Runs a chore where this table's callers live (their event loop, or the
+        #: janitor thread), from any thread, without blocking.
+        self._run_soon = run_soon
 
     def join(self, key: str) -> Seat | str:
         """A seat in the flight of *key* (a new one, led by this caller, if none), or
@@ -343,6 +349,19 @@ class FlightTable:
             if len(flight.seats) >= self.limits.max_waiters:
                 return "max_waiters"
             return flight.seat(leader=False)
+
+    def leave_later(self, seat: Seat) -> None:
+        """Give *seat* back for a stream nobody closed, from its finalizer.
+
+        The finalizer runs wherever the garbage collector does: maybe in another thread,
+        maybe with this very lock held (it is not reentrant). So nothing here takes the
+        lock or wakes anyone; the leaving is handed to where that is safe.
+        """
+        if seat.left:  # closed as it should be: the usual case
+            return
+        # RuntimeError: its event loop has ended, and nobody is left waiting in it.
+        with contextlib.suppress(RuntimeError):
+            self._run_soon(seat.leave)
 
     def discard(self, flight: Flight) -> None:
         """Take *flight* out of the table (lock held), if it is still the one there."""

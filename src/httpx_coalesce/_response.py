@@ -18,6 +18,7 @@ from typing import Any
 from ._flight import END, Abandoned, Seat
 from ._library import Library
 from ._replay import Head
+from ._tasks import start_janitor
 
 __all__ = ["CoalesceInfo", "build_response", "fresh_error"]
 
@@ -67,7 +68,7 @@ class _SeatStream:
         self._library = library
         if not seat.flight.replay.complete:
             # A live stream whose caller forgets to close it must not hold the flight.
-            weakref.finalize(self, seat.leave)
+            weakref.finalize(self, seat.flight.table.leave_later, seat)
 
     def _read_budget(self) -> float | None:
         # A follower waits for each chunk no longer than its own read timeout would let
@@ -116,6 +117,10 @@ class _AsyncSeatStream(_SeatStream):
 
 
 class _SyncSeatStream(_SeatStream):
+    def __init__(self, seat: Seat, request: Any, library: Library) -> None:
+        start_janitor()  # where a dropped stream's seat is given back
+        super().__init__(seat, request, library)
+
     def __iter__(self) -> Iterator[bytes]:
         seat = self._seat
         flight = seat.flight

@@ -1,30 +1,88 @@
-"""Tasks that belong to no caller, and the identity of the running event loop.
+"""Work that belongs to no caller: detached tasks, and chores handed over from places
+where nothing may block.
 
 The upstream call of a flight must outlive any one caller's cancellation, so it cannot
 run in a caller's task or task group. anyio has no public way to start a task without
 a task group; both backends have one natively: an asyncio task, or a trio system task.
+
+A stream's finalizer runs wherever the garbage collector happens to run: in any thread,
+at any allocation, maybe while that thread holds a flight table's lock. So it only
+hands its work over: to its event loop (thread-safe, and safe to call from a finalizer
+on both backends), or, for threads, to one janitor thread fed by a ``SimpleQueue``
+(whose ``put`` is documented as safe in finalizers).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import queue
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ["current_loop", "spawn_detached"]
+__all__ = ["Chore", "current_loop", "later_in_janitor", "spawn_detached", "start_janitor"]
+
+logger = logging.getLogger("httpx_coalesce")
+
+Chore = Callable[[], object]
 
 # asyncio keeps only weak references to tasks; these are the strong ones.
 _running: set[asyncio.Task[None]] = set()
 
 
-def current_loop() -> tuple[object, type[Any]]:
-    """A weak-referenceable object identifying the running event loop, and its Event class."""
+def current_loop() -> tuple[object, type[Any], Callable[[Chore], object]]:
+    """A weak-referenceable object identifying the running event loop, its Event class,
+    and how to run a chore on it from any thread (or finalizer)."""
     try:
-        return asyncio.get_running_loop(), asyncio.Event
+        loop = asyncio.get_running_loop()
     except RuntimeError:
         import trio
 
-        return trio.lowlevel.current_trio_token(), trio.Event
+        token = trio.lowlevel.current_trio_token()
+        return token, trio.Event, token.run_sync_soon
+    return loop, asyncio.Event, loop.call_soon_threadsafe
+
+
+_chores: queue.SimpleQueue[Chore] = queue.SimpleQueue()
+_janitor: threading.Thread | None = None
+_janitor_lock = threading.Lock()
+
+
+def start_janitor() -> None:
+    """Make sure the janitor runs. Call from ordinary code, before a chore can be due:
+    starting a thread from a finalizer could itself deadlock."""
+    global _janitor
+    if _janitor is None:
+        with _janitor_lock:
+            if _janitor is None:
+                janitor = threading.Thread(target=_sweep, name="httpx-coalesce-janitor", daemon=True)
+                janitor.start()
+                _janitor = janitor
+
+
+def later_in_janitor(chore: Chore) -> None:
+    _chores.put(chore)
+
+
+def _sweep() -> None:
+    while True:
+        chore = _chores.get()
+        try:
+            chore()
+        except Exception:
+            logger.exception("httpx-coalesce: a clean-up chore failed")
+
+
+def _forget_janitor() -> None:
+    # A forked child has no janitor thread, only the parent's record of one.
+    global _janitor
+    _janitor = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_janitor)
 
 
 def spawn_detached(job: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], object]:

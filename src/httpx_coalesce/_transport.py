@@ -356,11 +356,11 @@ class CoalescingTransport(_Bases):
         return [self._transport] if self._transport is not None else list(self._defaults.values())
 
     def _async_table(self) -> FlightTable:
-        loop, event_class = current_loop()
+        loop, event_class, run_soon = current_loop()
         table = self._async_tables.get(loop)
         if table is None:
             table = FlightTable(
-                self._limits, self._counters, lambda lock: AsyncSignal(event_class), self._finished
+                self._limits, self._counters, lambda lock: AsyncSignal(event_class), self._finished, run_soon
             )
             self._async_tables[loop] = table
         return table
