@@ -24,8 +24,6 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import anyio
-
 from ._limits import Limits
 from ._replay import Head, Replay
 from ._signal import AsyncSignal, Signal, ThreadSignal
@@ -101,6 +99,7 @@ class Flight:
         "state",
         "table",
         "timeout",
+        "upstream_response",
     )
 
     def __init__(self, table: FlightTable, key: str, signal: Signal) -> None:
@@ -120,6 +119,7 @@ class Flight:
         self._cancel: Callable[[], object] | None = None
         #: The leader's timeouts, which the upstream call runs under.
         self.timeout: object = None
+        self.upstream_response: object = None
 
     def __repr__(self) -> str:
         return f"<Flight {self.id} key={self.key[:12]} {self.state.value} seats={len(self.seats)}>"
@@ -154,17 +154,17 @@ class Flight:
             result = ready()
         if result is not None:
             return result
-        if within is None:
-            return await self._wait_async(ready)
-        with anyio.move_on_after(within):
-            return await self._wait_async(ready)
-        return None
-
-    async def _wait_async(self, ready: Callable[[], T]) -> T:
         signal = self.signal
         assert isinstance(signal, AsyncSignal)
+        deadline = None if within is None else time.monotonic() + within
         while True:
-            await signal.wait()
+            if deadline is None:
+                await signal.wait()
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                await signal.wait(left)
             with self.lock:
                 result = ready()
             if result is not None:
@@ -245,16 +245,28 @@ class Flight:
         self.pump_waiting = False
         return True
 
-    def finish(self, head: Head) -> None:
-        """The body is complete. A buffered response is published only now, whole."""
+    def finish(self, head: Head, chunks: list[bytes] | None = None, response: object = None) -> None:
+        """The body is complete. A buffered response comes whole, in *chunks*, and is
+        published only now; its upstream *response* object is kept for the leader."""
         with self.lock:
             if self.state is not State.OPEN:
                 return
-            self.replay.complete = True
+            replay = self.replay
+            if chunks:
+                for chunk in chunks:
+                    replay.append(chunk)
+            replay.complete = True
             if self.head is None:
                 self.head = head
+            self.upstream_response = response
             self._end(State.DONE)
         self.table.finished(self)
+
+    def take_upstream_response(self) -> object:
+        """The upstream Response object of a buffered body, once (for the leader)."""
+        with self.lock:
+            response, self.upstream_response = self.upstream_response, None
+            return response
 
     def fail(self, error: BaseException) -> None:
         with self.lock:

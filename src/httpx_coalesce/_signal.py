@@ -1,16 +1,20 @@
-"""Waking the callers of a flight: one shape for threads, one for event loops.
+"""Waking the callers of a flight: one shape for threads, one per event loop.
 
-Flight state is guarded by a ``threading.Lock`` in both worlds; a signal only says
-"look again". The async one creates its event lazily, so a flight whose callers never
-wait (the common case for a body already read) never allocates one.
+Flight state is guarded by a ``threading.Lock`` in every world; a signal only says
+"look again". Each event loop gets its own native kind, not an anyio one: a flight's
+followers wait with a deadline (their own timeouts), once for the head and once per
+chunk, and an anyio cancel scope per wait cost more than the rest of a follower's
+path. On asyncio a deadline is one ``call_later`` timer; on trio, trio's own scope.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["AsyncSignal", "Signal", "ThreadSignal"]
+__all__ = ["AsyncSignal", "AsyncioSignal", "Signal", "ThreadSignal", "TrioSignal"]
 
 
 class Signal:
@@ -22,16 +26,58 @@ class Signal:
 
 
 class AsyncSignal(Signal):
-    """For tasks of one event loop. Check state, then wait with no await in between.
+    """For tasks of one event loop. Check state, then wait with no await in between."""
 
-    Uses the loop's own Event class (asyncio's or trio's), given by the flight table:
-    an anyio.Event looks its backend up on every creation, once per flight here.
-    """
+    __slots__ = ()
 
-    __slots__ = ("_event", "_event_class")
+    async def wait(self, within: float | None = None) -> None:
+        """Return once fired, or after *within* seconds, whichever comes first."""
+        raise NotImplementedError
 
-    def __init__(self, event_class: type[Any]) -> None:
+
+class AsyncioSignal(AsyncSignal):
+    __slots__ = ("_loop", "_waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        # Created on first wait: a flight whose callers never wait allocates nothing.
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def fire(self) -> None:
+        waiters = self._waiters
+        if waiters is not None:
+            self._waiters = None
+            for waiter in waiters:
+                if not waiter.done():  # a cancelled waiter is done
+                    waiter.set_result(None)
+
+    async def wait(self, within: float | None = None) -> None:
+        waiter = self._loop.create_future()
+        if self._waiters is None:
+            self._waiters = [waiter]
+        else:
+            self._waiters.append(waiter)
+        if within is None:
+            await waiter
+            return
+        timer = self._loop.call_later(within, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class TrioSignal(AsyncSignal):
+    __slots__ = ("_event", "_event_class", "_move_on_after")
+
+    def __init__(self, event_class: type[Any], move_on_after: Callable[[float], Any]) -> None:
         self._event_class = event_class
+        self._move_on_after = move_on_after
         self._event: Any = None
 
     def fire(self) -> None:
@@ -40,11 +86,15 @@ class AsyncSignal(Signal):
             self._event = None
             event.set()
 
-    async def wait(self) -> None:
+    async def wait(self, within: float | None = None) -> None:
         event = self._event
         if event is None:
             event = self._event = self._event_class()
-        await event.wait()
+        if within is None:
+            await event.wait()
+            return
+        with self._move_on_after(within):
+            await event.wait()
 
 
 class ThreadSignal(Signal):

@@ -20,7 +20,10 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
+
+from ._signal import AsyncioSignal, AsyncSignal, TrioSignal
 
 __all__ = ["Chore", "current_loop", "later_in_janitor", "spawn_detached", "start_janitor"]
 
@@ -32,17 +35,17 @@ Chore = Callable[[], object]
 _running: set[asyncio.Task[None]] = set()
 
 
-def current_loop() -> tuple[object, type[Any], Callable[[Chore], object]]:
-    """A weak-referenceable object identifying the running event loop, its Event class,
-    and how to run a chore on it from any thread (or finalizer)."""
+def current_loop() -> tuple[object, Callable[[], AsyncSignal], Callable[[Chore], object]]:
+    """A weak-referenceable object identifying the running event loop, how to make a
+    signal for its tasks, and how to run a chore on it from any thread (or finalizer)."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         import trio
 
         token = trio.lowlevel.current_trio_token()
-        return token, trio.Event, token.run_sync_soon
-    return loop, asyncio.Event, loop.call_soon_threadsafe
+        return token, partial(TrioSignal, trio.Event, trio.move_on_after), token.run_sync_soon
+    return loop, partial(AsyncioSignal, loop), loop.call_soon_threadsafe
 
 
 _chores: queue.SimpleQueue[Chore] = queue.SimpleQueue()

@@ -23,7 +23,7 @@ from ._limits import Limits
 from ._replay import Head
 from ._request import inspect, read_body_async, read_body_sync, request_parts
 from ._response import CoalesceInfo, build_body_response, build_response, fresh_error
-from ._signal import AsyncSignal, ThreadSignal
+from ._signal import ThreadSignal
 from ._stats import CoalesceStats, Counters
 from ._tasks import current_loop, spawn_detached
 from ._upstream import pump_async, pump_sync
@@ -356,11 +356,11 @@ class CoalescingTransport(_Bases):
         return [self._transport] if self._transport is not None else list(self._defaults.values())
 
     def _async_table(self) -> FlightTable:
-        loop, event_class, run_soon = current_loop()
+        loop, make_signal, run_soon = current_loop()
         table = self._async_tables.get(loop)
         if table is None:
             table = FlightTable(
-                self._limits, self._counters, lambda lock: AsyncSignal(event_class), self._finished, run_soon
+                self._limits, self._counters, lambda lock: make_signal(), self._finished, run_soon
             )
             self._async_tables[loop] = table
         return table

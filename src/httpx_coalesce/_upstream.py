@@ -45,37 +45,44 @@ async def pump_async(
     flight: Flight, send: Callable[[Any], Awaitable[Any]], request: Any, limits: Limits
 ) -> None:
     """Run in a detached task; cancelled (natively) when the last caller leaves."""
-    response = None
+    stream = None
     try:
         try:
             response = await send(request)
         except Exception as error:
             flight.fail(error)
             return
+        # Kept apart from the Response, which a buffered flight hands on to its leader
+        # (see Flight.finish) with a stream of its own.
+        stream = response.stream
         head = Head.of(response)
-        if not is_buffered(head, request.method, limits):
+        if is_buffered(head, request.method, limits):
+            # Nobody reads a buffered body before it is whole: gather it without taking
+            # the lock or waking anyone per chunk.
+            flight.finish(head, [chunk async for chunk in stream], response)
+        else:
             flight.publish(head)
-        async for chunk in response.stream:
-            if chunk:
-                flight.append(chunk)
-                await flight.wait_async(flight.pump_may_go_on)
-        flight.finish(head)
+            async for chunk in stream:
+                if chunk:
+                    flight.append(chunk)
+                    await flight.wait_async(flight.pump_may_go_on)
+            flight.finish(head)
     except Exception as error:
         flight.fail(error)
     except BaseException:
         # Cancelled: close the upstream response all the same (shielded, or trio would
         # cancel the close too), so its connection goes back to the pool or away.
-        if response is not None:
+        if stream is not None:
             with anyio.CancelScope(shield=True):
-                await response.aclose()
-            response = None
+                await stream.aclose()
+            stream = None
         raise
     finally:
         # Cancelled by the last caller leaving, or stopped by something that is not an
         # upstream error: either way no waiter may be left waiting.
         flight.abandon()
-        if response is not None:
-            await response.aclose()
+        if stream is not None:
+            await stream.aclose()
 
 
 def pump_sync(flight: Flight, send: Callable[[Any], Any], request: Any, limits: Limits) -> None:
@@ -88,13 +95,16 @@ def pump_sync(flight: Flight, send: Callable[[Any], Any], request: Any, limits: 
         except Exception as error:
             flight.fail(error)
             return
+        stream = response.stream  # see pump_async
         try:
             if stop.is_set():
                 return
             head = Head.of(response)
-            if not is_buffered(head, request.method, limits):
-                flight.publish(head)
-            for chunk in response.stream:
+            if is_buffered(head, request.method, limits):
+                flight.finish(head, list(stream), response)
+                return
+            flight.publish(head)
+            for chunk in stream:
                 # A thread cannot be interrupted mid-read; it stops at the next chunk.
                 if stop.is_set():
                     return
@@ -105,6 +115,6 @@ def pump_sync(flight: Flight, send: Callable[[Any], Any], request: Any, limits: 
         except Exception as error:
             flight.fail(error)
         finally:
-            response.close()
+            stream.close()
     finally:
         flight.abandon()
