@@ -166,25 +166,39 @@ def test_flight_repr_shows_a_hashed_key_prefix_only() -> None:
     assert isinstance(seat.flight, Flight)
 
 
-def test_a_reader_behind_by_several_chunks_takes_them_in_one_bounded_piece() -> None:
+def test_lagging_readers_share_one_joined_batch_instead_of_a_copy_each() -> None:
     from httpx_coalesce._replay import Replay
 
     replay = Replay()
-    small = [b"a" * 10, b"b" * 10, b"c" * 10]
-    for chunk in small:
+    chunks = [bytes([65 + n % 26]) * 10 for n in range(40)]
+    for chunk in chunks:
         replay.append(chunk)
-    assert replay.read(0) == (b"a" * 10 + b"b" * 10 + b"c" * 10, 3)
-    last = b"d" * 10
-    replay.append(last)
-    data, position = replay.read(3)
-    assert data is last  # a reader keeping pace gets the shared chunk, not a copy
-    assert position == 4
-    for _ in range(10):
-        replay.append(b"e" * 4096)
-    pieces = []
-    position = 4
+    first, after_first = replay.read(0)
+    second, after_second = replay.read(0)
+    assert first is second  # one join, however many readers take it
+    assert (first, after_first) == (b"".join(chunks[:16]), 16)
+    assert after_second == 16
+    # Off a batch boundary a reader takes shared chunks one by one until it is on one.
+    data, position = replay.read(5)
+    assert data is chunks[5]
+    assert position == 6
+    pieces = [data]
     while position < replay.end:
         data, position = replay.read(position)
         pieces.append(data)
-    assert b"".join(pieces) == b"e" * 40960
-    assert max(len(piece) for piece in pieces) <= 16 * 1024 + 4096
+    assert b"".join(pieces) == b"".join(chunks[5:])
+    assert replay.retained == 40 * 10 + 2 * 160  # the chunks, and the two batches joined
+    replay.release_before(32)
+    assert replay.retained == 8 * 10  # freed batches count as freed bytes
+
+
+def test_a_batch_too_big_to_join_goes_chunk_by_chunk() -> None:
+    from httpx_coalesce._replay import Replay
+
+    replay = Replay()
+    big = [b"x" * 8192 for _ in range(16)]
+    for chunk in big:
+        replay.append(chunk)
+    data, position = replay.read(0)
+    assert data is big[0]
+    assert position == 1

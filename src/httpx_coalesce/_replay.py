@@ -3,6 +3,11 @@
 The body is kept as the list of chunks the upstream sent. Chunks are shared between
 readers, never copied per reader; once a body is complete and whole, it is joined once
 and every reader that starts from the beginning gets that same bytes object.
+
+A reader that lags (a thousand readers take turns on one core) catches up in batches:
+each piece it takes costs it a trip through the client's stream layers. Batches start
+at fixed positions and are joined once, for every reader that takes them, so a
+thousand lagging readers hold one copy of a batch, not a thousand.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from typing import Any
 
 __all__ = ["Head", "Replay"]
 
-_BATCH_BYTES = 16 * 1024
+#: Chunks in a batch, and the most bytes one may hold (past that, chunks go one by one).
+_BATCH_CHUNKS = 16
+_BATCH_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +64,15 @@ class Replay:
     Not thread-safe on its own: the flight that owns it holds the lock.
     """
 
-    __slots__ = ("_body", "_chunks", "_first", "complete", "retained", "size")
+    __slots__ = ("_batches", "_body", "_chunks", "_first", "complete", "retained", "size")
 
     def __init__(self) -> None:
         self._chunks: list[bytes] = []
         self._first = 0  # absolute index of _chunks[0]; grows as chunks are released
         self._body: bytes | None = None
+        self._batches: dict[int, bytes] = {}  # joined batches by starting position
         self.size = 0  # bytes received in all
-        self.retained = 0  # bytes still held
+        self.retained = 0  # bytes still held, batches included
         self.complete = False
 
     @property
@@ -91,18 +99,14 @@ class Replay:
             raise AssertionError(f"replay position {position} was released (first held: {self._first})")
         chunks = self._chunks
         index = position - self._first
-        if index + 1 == len(chunks):
-            return chunks[index], position + 1
-        # A reader several chunks behind (a thousand readers take turns on one core) takes
-        # them in one piece: each piece costs it a trip through the client's stream layers.
-        # A small bound, since a reader keeps its last piece while it waits for the next.
-        stop, size = index, 0
-        while stop < len(chunks) and size < _BATCH_BYTES:
-            size += len(chunks[stop])
-            stop += 1
-        if stop == index + 1:
-            return chunks[index], position + 1
-        return b"".join(chunks[index:stop]), self._first + stop
+        if position % _BATCH_CHUNKS == 0 and index + _BATCH_CHUNKS <= len(chunks):
+            batch = self._batches.get(position)
+            if batch is None and sum(map(len, chunks[index : index + _BATCH_CHUNKS])) <= _BATCH_BYTES:
+                batch = self._batches[position] = b"".join(chunks[index : index + _BATCH_CHUNKS])
+                self.retained += len(batch)
+            if batch is not None:
+                return batch, position + _BATCH_CHUNKS
+        return chunks[index], position + 1
 
     def body(self) -> bytes:
         """The complete, whole body as one bytes object, joined at most once."""
@@ -119,3 +123,6 @@ class Replay:
         del self._chunks[:drop]
         self._first = position
         self._body = None
+        if self._batches:
+            for start in [start for start in self._batches if start < position]:
+                self.retained -= len(self._batches.pop(start))

@@ -159,6 +159,9 @@ async def test_mixed_traffic_leaves_an_empty_table_and_flat_memory(
         finally:
             if not was_tracing:
                 tracemalloc.stop()
+    # A stream collected only now hands its seat back on the loop (never from inside
+    # the collector): let that run before looking.
+    await settle()
     stats = transport.stats()
     alive = live_flight_objects()
     figures.update(tally)
