@@ -149,6 +149,16 @@ async def run_streams(
             return sample
 
         samples = await alternate(list(contenders), rounds, one)
+        # The same stream to a few callers: a follower's first byte against the leader's
+        # when the loop is not also taking turns among a thousand readers.
+        small: dict[str, list[float]] = {}
+        for contender_name, contender in contenders.items():
+            if contender_name.startswith("ours"):
+                for _ in range(streaming.SMALL_FANOUT_ROUNDS):
+                    sample = await streaming.drive_streams(contender, url, streaming.SMALL_FANOUT, payload)
+                    gap = (sample.extra or {}).get("follower_minus_leader_p50")
+                    if gap is not None:
+                        small.setdefault(contender_name, []).append(gap)
         memory: dict[str, Sample] = {}
         baseline: dict[str, Sample] = {}
         # A one-event stream to the same callers: what they hold whatever the stream's
@@ -192,6 +202,7 @@ async def run_streams(
             "gap_s": shape.gap,
             "first_event_after_s": LATENCY,
             "streams_live": {spec.name: spec.streams_live for spec in active},
+            "small_fanout": {"callers": streaming.SMALL_FANOUT, "follower_minus_leader_p50": small},
         },
     )
 

@@ -25,9 +25,14 @@ from .contenders import Contender
 from .drive import Sample
 from .stats import percentile
 
-__all__ = ["StreamPlan", "StreamShape", "drive_streams", "plan"]
+__all__ = ["SMALL_FANOUT", "SMALL_FANOUT_ROUNDS", "StreamPlan", "StreamShape", "drive_streams", "plan"]
 
 JSON = dict[str, Any]
+
+#: A few callers of the same stream, for the first-byte gap without a thousand readers
+#: taking turns on the loop; rounds of it.
+SMALL_FANOUT = 10
+SMALL_FANOUT_ROUNDS = 5
 
 #: Recent bytes a caller keeps to find the last event's stamp: a few events' worth,
 #: trimmed as it goes so a caller never holds the stream.

@@ -227,6 +227,11 @@ class Flight:
                 logger.debug("flight %s passed the body limit; no more joiners", self.id)
             if not self.joinable:
                 self._release()
+            elif replay.batch_boundary and self.seats:
+                # The chunks stay for late joiners, but a batch every reader has passed
+                # would only be joined again by one: once a batch (not per chunk, as
+                # that is a walk over every seat), free those.
+                replay.release_batches_before(min(seat.position for seat in self.seats))
             self.signal.fire()
 
     def pump_may_go_on(self) -> bool | None:

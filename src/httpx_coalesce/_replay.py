@@ -114,6 +114,17 @@ class Replay:
             self._body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         return self._body
 
+    def release_batches_before(self, position: int) -> None:
+        """Free the joined batches no reader can still take (their chunks stay held)."""
+        if self._batches:
+            for start in [start for start in self._batches if start < position]:
+                self.retained -= len(self._batches.pop(start))
+
+    @property
+    def batch_boundary(self) -> bool:
+        """The last chunk appended completed a batch."""
+        return self.end % _BATCH_CHUNKS == 0
+
     def release_before(self, position: int) -> None:
         """Free the chunks no reader can still need."""
         drop = position - self._first
@@ -123,6 +134,4 @@ class Replay:
         del self._chunks[:drop]
         self._first = position
         self._body = None
-        if self._batches:
-            for start in [start for start in self._batches if start < position]:
-                self.retained -= len(self._batches.pop(start))
+        self.release_batches_before(position)
