@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import gc
+import threading
 import time
 from collections.abc import Callable, Iterator
 from types import ModuleType
@@ -83,3 +85,23 @@ def until_sync(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("condition never held")
         time.sleep(0.001)
+
+
+def drop_into_a_cycle(response: Any) -> None:
+    """Drop the caller's only reference in a way only the cyclic collector can free."""
+    cycle: list[Any] = [response]
+    cycle.append(cycle)
+
+
+def collect_garbage_holding(lock: threading.Lock) -> threading.Event:
+    """Run the cyclic collector in a new thread that holds *lock*, as a collection set off
+    by an allocation inside a locked section would; the event is set once it is done."""
+    collected = threading.Event()
+
+    def collect() -> None:
+        with lock:
+            gc.collect()
+        collected.set()
+
+    threading.Thread(target=collect, daemon=True).start()
+    return collected

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import threading
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -14,7 +12,7 @@ import pytest
 
 from httpx_coalesce import CoalescingTransport, Limits
 
-from .conftest import until
+from .conftest import collect_garbage_holding, drop_into_a_cycle, until
 from .upstream import Upstream
 
 pytestmark = pytest.mark.anyio
@@ -236,20 +234,10 @@ async def test_a_dropped_stream_collected_in_another_thread_leaves_on_its_own_lo
     transport = make_transport()
     upstream.hold()
     async with lib.AsyncClient(transport=transport, base_url=base_url) as client:
-        response = await client.send(client.build_request("GET", "/sse?events=3&hold=1"), stream=True)
-        cycle: list[Any] = [response]
-        cycle.append(cycle)  # only the cyclic collector can free it now
-        del response, cycle
+        drop_into_a_cycle(await client.send(client.build_request("GET", "/sse?events=3&hold=1"), stream=True))
         assert transport.stats().waiters == 1
         (table,) = transport._async_tables.values()
-        collected = threading.Event()
-
-        def collect_holding_the_lock() -> None:
-            with table.lock:
-                gc.collect()
-            collected.set()
-
-        threading.Thread(target=collect_holding_the_lock, daemon=True).start()
+        collected = collect_garbage_holding(table.lock)
         await until(collected.is_set)
         await until(lambda: transport.stats().waiters == 0)
         assert transport.stats().cancelled_flights == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import threading
 from collections.abc import Callable
@@ -14,7 +13,7 @@ import pytest
 
 from httpx_coalesce import CoalescingTransport
 
-from .conftest import until_sync
+from .conftest import collect_garbage_holding, drop_into_a_cycle, until_sync
 from .test_streaming import expected_stream
 from .upstream import Upstream
 
@@ -190,19 +189,9 @@ def test_a_dropped_stream_collected_while_the_table_lock_is_held_does_not_deadlo
     transport = make_transport()
     upstream.hold()
     with lib.Client(transport=transport, base_url=base_url) as client:
-        response = client.send(client.build_request("GET", "/sse?events=3&hold=1"), stream=True)
-        cycle: list[Any] = [response]
-        cycle.append(cycle)  # only the cyclic collector can free it now
-        del response, cycle
+        drop_into_a_cycle(client.send(client.build_request("GET", "/sse?events=3&hold=1"), stream=True))
         assert transport.stats().waiters == 1
-        collected = threading.Event()
-
-        def collect_holding_the_lock() -> None:
-            with transport._sync_table.lock:
-                gc.collect()
-            collected.set()
-
-        threading.Thread(target=collect_holding_the_lock, daemon=True).start()
+        collected = collect_garbage_holding(transport._sync_table.lock)
         assert collected.wait(10), "the finalizer deadlocked on the table lock"
         until_sync(lambda: transport.stats().waiters == 0)
         assert transport.stats().cancelled_flights == 1
