@@ -195,4 +195,7 @@ def test_a_dropped_stream_collected_while_the_table_lock_is_held_does_not_deadlo
         assert collected.wait(10), "the finalizer deadlocked on the table lock"
         until_sync(lambda: transport.stats().waiters == 0)
         assert transport.stats().cancelled_flights == 1
+        # A pump thread cannot be interrupted mid-read: it stops at the next chunk. Wait
+        # for that here, or the server counts this stream during the next test.
         upstream.gate.set()
+        until_sync(lambda: upstream.streams_closed == 1)
