@@ -19,7 +19,8 @@ from httpx_coalesce._request import inspect, request_parts
 def key_of(request: httpx.Request, transport: CoalescingTransport | None = None) -> str:
     transport = transport or CoalescingTransport()
     request.read()
-    return transport._key(parts_of(request))
+    inspection = inspect(request, frozenset({"POST", "PUT"}), "x-coalesce")
+    return transport._key(request, inspection, request.content)
 
 
 def parts_of(request: httpx.Request) -> RequestParts:

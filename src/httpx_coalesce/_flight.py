@@ -283,6 +283,8 @@ class Flight:
 
     def abandon(self) -> None:
         """The upstream side stopped; if nobody said why, waiters must not wait on."""
+        if self.state is not State.OPEN:  # the usual case; a state never returns to OPEN
+            return
         with self.lock:
             if self.state is State.OPEN:
                 self._end(State.ABANDONED)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import orjson
@@ -80,8 +80,16 @@ def _has_long_number(body: bytes) -> bool:
     return _LONG_RUN in body.translate(_NUMERIC) and _LONG_NUMBER.search(body) is not None
 
 
+_CREDENTIAL_NAMES = frozenset(name.encode("latin-1") for name in CREDENTIAL_HEADERS)
+_CREDENTIAL_PREFIXES = tuple(prefix.encode("latin-1") for prefix in CREDENTIAL_HEADER_PREFIXES)
+
+
 def is_credential(name: str) -> bool:
     return name in CREDENTIAL_HEADERS or name.startswith(CREDENTIAL_HEADER_PREFIXES)
+
+
+def _is_credential_name(name: bytes) -> bool:
+    return name in _CREDENTIAL_NAMES or name.startswith(_CREDENTIAL_PREFIXES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,50 +120,88 @@ class KeyRules:
 
     ignore_headers: frozenset[str] = DEFAULT_IGNORED_HEADERS
     ignore_json_fields: frozenset[str] = field(default_factory=frozenset)
-    _ignored_prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False, default=())
+    # The ignore list as the request's raw header names are: lower-case bytes.
+    _ignored: frozenset[bytes] = field(init=False, repr=False, compare=False, default=frozenset())
+    _ignored_prefixes: tuple[bytes, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
         lowered = frozenset(name.lower() for name in self.ignore_headers)
         # A credential named in the ignore list stays in the key: the promise that
         # tenants never share outranks configuration.
-        object.__setattr__(self, "ignore_headers", frozenset(n for n in lowered if not is_credential(n)))
+        kept = frozenset(n for n in lowered if not is_credential(n))
+        object.__setattr__(self, "ignore_headers", kept)
         object.__setattr__(self, "ignore_json_fields", frozenset(self.ignore_json_fields))
-        prefixes = tuple(sorted(name[:-1] for name in lowered if name.endswith("*")))
+        object.__setattr__(self, "_ignored", frozenset(name.encode("latin-1") for name in kept))
+        prefixes = tuple(sorted(name[:-1].encode("latin-1") for name in lowered if name.endswith("*")))
         object.__setattr__(self, "_ignored_prefixes", prefixes)
 
     def ignores(self, name: str) -> bool:
         """Whether header *name* (lower-case) is left out of the key."""
-        if name in self.ignore_headers:
+        return self._ignores(name.encode("latin-1"))
+
+    def _ignores(self, name: bytes) -> bool:
+        if name in self._ignored:
             return True
         prefixes = self._ignored_prefixes
-        return bool(prefixes) and name.startswith(prefixes) and not is_credential(name)
+        return bool(prefixes) and name.startswith(prefixes) and not _is_credential_name(name)
 
     def key(self, parts: RequestParts) -> str:
-        digest = hashlib.blake2b(digest_size=20)
-        update = digest.update
-        update(parts.method.encode())
-        update(b"\0")
-        update(parts.scheme.encode())
-        update(b"://")
-        update(parts.host.encode())
-        update(b":%d\0" % (parts.port or 0))
-        update(parts.target)
-        update(b"\0")
-        ignores = self.ignores
-        for name, value in sorted(
-            (header for header in parts.headers if not ignores(header[0])), key=_header_name
-        ):
-            update(name.encode())
-            update(b":")
-            update(value.encode("utf-8", "surrogateescape"))
-            update(b"\n")
-        update(b"\0")
-        update(self.canonical_body(parts.body, parts.content_type))
+        """The key of *parts*: the same as the transport makes for the same request."""
+        return self.key_of(
+            parts.method,
+            parts.scheme,
+            parts.host,
+            parts.port,
+            parts.target,
+            [(_raw(name), _raw(value)) for name, value in parts.headers],
+            parts.body,
+            _raw(parts.content_type),
+        )
+
+    def key_of(
+        self,
+        method: str,
+        scheme: str,
+        host: str,
+        port: int | None,
+        target: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        body: bytes,
+        content_type: bytes,
+    ) -> str:
+        """The key from a request's parts as they come: *headers* as raw bytes with
+        lower-case names, and the URL's parts normalised (see ``_request``)."""
+        # This runs for every request that may coalesce: one bytes object, one hash
+        # update for it, since each call into the hash or the codec costs more than
+        # its bytes. Names cannot hold ":" and values cannot hold "\n", so the lines
+        # cannot be confused.
+        ignored = self._ignored
+        prefixes = self._ignored_prefixes
+        kept = [
+            header
+            for header in headers
+            if header[0] not in ignored
+            and not (prefixes and header[0].startswith(prefixes) and not _is_credential_name(header[0]))
+        ]
+        kept.sort(key=_header_name)  # stable: repeated headers keep their order
+        digest = hashlib.blake2b(
+            b"%s\0%s://%s:%d\0%s\0%s\0%s"
+            % (
+                method.encode("utf-8", "surrogateescape"),
+                scheme.encode("utf-8", "surrogateescape"),
+                host.encode("utf-8", "surrogateescape"),
+                port or 0,
+                target,
+                b"".join([b"%s:%s\n" % header for header in kept]),
+                self.canonical_body(body, content_type),
+            ),
+            digest_size=20,
+        )
         return digest.hexdigest()
 
-    def canonical_body(self, body: bytes, content_type: str) -> bytes:
+    def canonical_body(self, body: bytes, content_type: bytes) -> bytes:
         """The body as it takes part in the key: canonical JSON where it is JSON."""
-        if not body or "json" not in content_type or _has_long_number(body):
+        if not body or b"json" not in content_type.lower() or _has_long_number(body):
             return b"B" + body
         try:
             document = orjson.loads(body)
@@ -179,5 +225,14 @@ class KeyRules:
         return b"J" + canonical
 
 
-def _header_name(header: tuple[str, str]) -> str:
+def _header_name(header: tuple[bytes, bytes]) -> bytes:
     return header[0]
+
+
+def _raw(text: str) -> bytes:
+    # As the request had it (headers are latin-1 on the wire); a part a user made up
+    # with other characters still gets a key of its own.
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")

@@ -12,7 +12,6 @@ thousand lagging readers hold one copy of a batch, not a thousand.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Head", "Replay"]
@@ -22,26 +21,66 @@ _BATCH_CHUNKS = 16
 _BATCH_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
 class Head:
-    """Status line and headers of the upstream response."""
+    """Status line and headers of the upstream response.
 
-    status: int
-    headers: tuple[tuple[bytes, bytes], ...]
-    http_version: bytes | None
-    reason_phrase: bytes | None
+    The few headers the flight itself asks about are found in one pass, once: a
+    flight asks several times, and every scan lower-cases each name again.
+    """
+
+    __slots__ = ("_asked", "headers", "http_version", "reason_phrase", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: tuple[tuple[bytes, bytes], ...],
+        http_version: bytes | None,
+        reason_phrase: bytes | None,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.http_version = http_version
+        self.reason_phrase = reason_phrase
+        self._asked: dict[bytes, bytes] | None = None
 
     @classmethod
     def of(cls, response: Any) -> Head:
         extensions = response.extensions
         return cls(
-            status=response.status_code,
-            headers=tuple(response.headers.raw),
-            http_version=extensions.get("http_version"),
-            reason_phrase=extensions.get("reason_phrase"),
+            response.status_code,
+            tuple(response.headers.raw),
+            extensions.get("http_version"),
+            extensions.get("reason_phrase"),
         )
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Head):
+            return NotImplemented
+        return (self.status, self.headers, self.http_version, self.reason_phrase) == (
+            other.status,
+            other.headers,
+            other.http_version,
+            other.reason_phrase,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.status, self.headers))
+
+    def __repr__(self) -> str:
+        return f"Head(status={self.status}, headers={len(self.headers)})"
+
     def header(self, name: bytes) -> bytes | None:
+        """The first value of header *name* (lower-case), or None."""
+        asked = self._asked
+        if asked is None:
+            asked = {}
+            for key, value in self.headers:
+                lowered = key.lower()
+                if lowered in _ASKED and lowered not in asked:
+                    asked[lowered] = value
+            self._asked = asked
+        if name in _ASKED:
+            return asked.get(name)
         for key, value in self.headers:
             if key.lower() == name:
                 return value
@@ -56,6 +95,10 @@ class Head:
     def is_event_stream(self) -> bool:
         content_type = self.header(b"content-type") or b""
         return content_type.lower().startswith(b"text/event-stream")
+
+
+#: The response headers the flight asks about (content handling, the window's rules).
+_ASKED = frozenset({b"content-type", b"content-length", b"set-cookie", b"cache-control"})
 
 
 class Replay:

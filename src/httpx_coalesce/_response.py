@@ -186,7 +186,6 @@ def build_response(library: Library, seat: Seat, head: Head, request: Any, is_as
         # The body is all here (the usual case: a buffered response): the caller needs
         # no seat to read it, only the one shared bytes object.
         seat.leave()
-        stream = library.stream_class(_BodyStream, is_async)(body)
         if seat.leader:
             upstream = flight.take_upstream_response()
             if (
@@ -197,11 +196,12 @@ def build_response(library: Library, seat: Seat, head: Head, request: Any, is_as
                 # The leader's own request was the one sent: it gets the very response
                 # its transport made (cheaper than a copy), reading the shared body. (A
                 # response its transport already read, as MockTransport's are, cannot be
-                # streamed again: it gets a copy like everyone.)
-                upstream.stream = stream
+                # streamed again: it gets a copy like everyone, which can.)
+                upstream.stream = library.stream_class(_BodyStream, is_async)(body)
                 upstream.extensions.pop("network_stream", None)  # its connection is gone
                 upstream.extensions["coalesce"] = info
                 return upstream
+        stream = library.stream_class(_BodyStream, is_async)(body)
     else:
         cls = library.stream_class(_AsyncSeatStream if is_async else _SyncSeatStream, is_async)
         stream = cls(seat, request, library)

@@ -25,7 +25,7 @@ from typing import Any
 
 from ._signal import AsyncioSignal, AsyncSignal, TrioSignal
 
-__all__ = ["Chore", "current_loop", "later_in_janitor", "spawn_detached", "start_janitor"]
+__all__ = ["Chore", "current_loop", "later_in_janitor", "running_loop", "spawn_detached", "start_janitor"]
 
 logger = logging.getLogger("httpx_coalesce")
 
@@ -46,6 +46,11 @@ def current_loop() -> tuple[object, Callable[[], AsyncSignal], Callable[[Chore],
         token = trio.lowlevel.current_trio_token()
         return token, partial(TrioSignal, trio.Event, trio.move_on_after), token.run_sync_soon
     return loop, partial(AsyncioSignal, loop), loop.call_soon_threadsafe
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, or None (no loop, or trio), without raising."""
+    return asyncio._get_running_loop()
 
 
 _chores: queue.SimpleQueue[Chore] = queue.SimpleQueue()

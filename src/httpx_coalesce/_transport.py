@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import hashlib
 import logging
@@ -17,15 +18,15 @@ import httpx
 
 from ._backend import AsyncSend, Backend, SyncSend
 from ._flight import Abandoned, Flight, FlightTable, Seat
-from ._key import DEFAULT_IGNORED_HEADERS, KeyFunction, KeyRules, RequestParts, is_credential
+from ._key import DEFAULT_IGNORED_HEADERS, KeyFunction, KeyRules, is_credential
 from ._library import Library, library_of
 from ._limits import Limits
 from ._replay import Head
-from ._request import inspect, read_body_async, read_body_sync, request_parts
+from ._request import Inspection, inspect, read_body_async, read_body_sync, request_parts, url_parts
 from ._response import CoalesceInfo, build_body_response, build_response, fresh_error
 from ._signal import ThreadSignal
 from ._stats import CoalesceStats, Counters
-from ._tasks import current_loop, spawn_detached
+from ._tasks import current_loop, running_loop, spawn_detached
 from ._upstream import pump_async, pump_sync
 from ._usage import tokens_in
 from ._window import Window, WindowEntry, shareable_later
@@ -87,6 +88,7 @@ class CoalescingTransport(_Bases):
         self._defaults_lock = threading.Lock()
         self._sync_table = FlightTable(self._limits, self._counters, ThreadSignal, self._finished)
         self._async_tables: weakref.WeakKeyDictionary[object, FlightTable] = weakref.WeakKeyDictionary()
+        self._last_async_table: tuple[weakref.ref[asyncio.AbstractEventLoop], FlightTable] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._backend = backend
         if backend is not None:
@@ -285,7 +287,7 @@ class CoalescingTransport(_Bases):
         if reason is None:
             body = read_body_sync(request, self._limits.max_request_bytes, library)
             if body is not None:
-                return self._key(request_parts(request, inspection, body))
+                return self._key(request, inspection, body)
             reason = "body_too_large"
         self._counters.bypass(reason)
         return None
@@ -296,14 +298,18 @@ class CoalescingTransport(_Bases):
         if reason is None:
             body = await read_body_async(request, self._limits.max_request_bytes, library)
             if body is not None:
-                return self._key(request_parts(request, inspection, body))
+                return self._key(request, inspection, body)
             reason = "body_too_large"
         self._counters.bypass(reason)
         return None
 
-    def _key(self, parts: RequestParts) -> str:
+    def _key(self, request: Any, inspection: Inspection, body: bytes) -> str:
         if self._key_function is None:
-            return self._rules.key(parts)
+            scheme, host, port, target = url_parts(request)
+            return self._rules.key_of(
+                request.method, scheme, host, port, target, inspection.headers, body, inspection.content_type
+            )
+        parts = request_parts(request, inspection, body)
         # A key of the user's own still never lets two tenants share.
         digest = hashlib.blake2b(self._key_function(parts).encode(), digest_size=20)
         for name, value in parts.headers:
@@ -356,6 +362,12 @@ class CoalescingTransport(_Bases):
         return [self._transport] if self._transport is not None else list(self._defaults.values())
 
     def _async_table(self) -> FlightTable:
+        # Most programs run one event loop: its table is found without a look-up.
+        last = self._last_async_table
+        if last is not None:
+            running = running_loop()
+            if running is not None and last[0]() is running:
+                return last[1]
         loop, make_signal, run_soon = current_loop()
         table = self._async_tables.get(loop)
         if table is None:
@@ -363,6 +375,8 @@ class CoalescingTransport(_Bases):
                 self._limits, self._counters, lambda lock: make_signal(), self._finished, run_soon
             )
             self._async_tables[loop] = table
+        if isinstance(loop, asyncio.AbstractEventLoop):
+            self._last_async_table = (weakref.ref(loop), table)
         return table
 
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
