@@ -28,7 +28,7 @@ class Head:
     flight asks several times, and every scan lower-cases each name again.
     """
 
-    __slots__ = ("_asked", "headers", "http_version", "reason_phrase", "status")
+    __slots__ = ("_asked", "_built", "headers", "http_version", "reason_phrase", "status")
 
     def __init__(
         self,
@@ -42,6 +42,7 @@ class Head:
         self.http_version = http_version
         self.reason_phrase = reason_phrase
         self._asked: dict[bytes, bytes] | None = None
+        self._built: dict[str, Any] = {}
 
     @classmethod
     def of(cls, response: Any) -> Head:
@@ -68,6 +69,18 @@ class Head:
 
     def __repr__(self) -> str:
         return f"Head(status={self.status}, headers={len(self.headers)})"
+
+    def headers_in(self, module: Any) -> Any:
+        """The headers as *module*'s (httpx or httpx2) ``Headers``, built once.
+
+        Every caller's Response copies them from this one (a list copy), where building
+        them from the raw pairs checks and normalises every header again, per caller.
+        Nobody may change the object returned.
+        """
+        built = self._built.get(module.__name__)
+        if built is None:
+            built = self._built[module.__name__] = module.Headers(list(self.headers))
+        return built
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header *name* (lower-case), or None."""

@@ -207,7 +207,7 @@ def build_response(library: Library, seat: Seat, head: Head, request: Any, is_as
         stream = cls(seat, request, library)
     return library.Response(
         head.status,
-        headers=list(head.headers),
+        headers=head.headers_in(library.module),
         stream=stream,
         request=request,
         extensions=extensions(head, info),
@@ -220,7 +220,7 @@ def build_body_response(
     """A response for a body already complete and owned by nobody (the window)."""
     return library.Response(
         head.status,
-        headers=list(head.headers),
+        headers=head.headers_in(library.module),
         stream=library.stream_class(_BodyStream, is_async)(body),
         request=request,
         extensions=extensions(head, info),
