@@ -55,7 +55,11 @@ class InProcessUpstream:
         self.hits += 1
         if self.delay > 0:
             await asyncio.sleep(self.delay)
-        return self.library.Response(200, headers=self._headers, content=_ANSWER, request=request)
+        # An unread body stream, as every network transport hands over (the client
+        # then reads it through its stream layers). ``content=`` would hand over a body
+        # read already, as MockTransport does: a step a real upstream never skips.
+        stream = self.library.ByteStream(_ANSWER)
+        return self.library.Response(200, headers=self._headers, stream=stream, request=request)
 
     async def aclose(self) -> None:
         return None

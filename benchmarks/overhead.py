@@ -12,6 +12,10 @@
 
 Request bodies are prebuilt bytes (``content=``), so the client's JSON encoding, a
 cost common to both sides, does not dilute the ratio.
+
+In process, both figures also run ``FloorTransport`` (see ``floor``): the least any
+transport keeping the issue's promises must do. Its ratio says whether a target can be
+met at all by a coalescing transport in Python, whatever its design.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import orjson
 
 from httpx_coalesce import CoalescingTransport
 
+from .floor import FloorTransport
 from .inprocess import InProcessUpstream
 from .rounds import alternate
 from .stats import Spread, ratios, spread
@@ -124,10 +129,13 @@ async def _overhead_pair(
     concurrency: int,
     rounds: int,
     target: float,
+    make_floor: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     base = make_base()
     ours, transport = make_ours()
     clients = {"base": base, "ours": ours}
+    if make_floor is not None:
+        clients["floor"] = make_floor()
     try:
         # Warm both: connections, lazily built classes, first-call caches.
         for client in clients.values():
@@ -150,6 +158,9 @@ async def _overhead_pair(
         for client in clients.values():
             await client.aclose()
     figure = _figure(runs["base"], runs["ours"], target, requests)
+    if "floor" in runs:
+        floor = ratios([t.wall for t in runs["floor"]], [t.wall for t in runs["base"]])
+        figure["floor_wall_ratio"] = floor.as_dict()
     # Unique keys: nothing may have been shared, or the figure measures something else.
     figure["coalesced"] = after.coalesced - before.coalesced
     return figure
@@ -168,8 +179,11 @@ async def measure_overhead(plan: OverheadPlan, loopback_url: str | None) -> dict
                 transport = CoalescingTransport(InProcessUpstream(lib))
                 return lib.AsyncClient(transport=transport), transport
 
+            def floor(lib: ModuleType = lib) -> Any:
+                return lib.AsyncClient(transport=FloorTransport(InProcessUpstream(lib)))
+
             results[f"in-process/{lib.__name__}/{mode}"] = await _overhead_pair(
-                base, ours, _URL, plan.requests, concurrency, plan.rounds, TARGET_IN_PROCESS
+                base, ours, _URL, plan.requests, concurrency, plan.rounds, TARGET_IN_PROCESS, floor
             )
     if loopback_url is not None:
         # httpx only: the in-process figures already compare the libraries, and a
@@ -203,11 +217,13 @@ async def _stampede(client: Any, count: int, body: bytes) -> None:
 async def _stampede_figure(lib: ModuleType, plan: OverheadPlan, body: bytes) -> dict[str, Any]:
     instant = InProcessUpstream(lib)
     delayed = InProcessUpstream(lib, delay=plan.stampede_delay)
+    floor_delayed = InProcessUpstream(lib, delay=plan.stampede_delay)
     clients = {
         "instant": lib.AsyncClient(transport=instant),
         "ours": lib.AsyncClient(transport=CoalescingTransport(delayed)),
+        "floor": lib.AsyncClient(transport=FloorTransport(floor_delayed)),
     }
-    upstream = {"instant": instant, "ours": delayed}
+    upstream = {"instant": instant, "ours": delayed, "floor": floor_delayed}
     try:
         for client in clients.values():
             await _stampede(client, 100, body)
@@ -226,6 +242,7 @@ async def _stampede_figure(lib: ModuleType, plan: OverheadPlan, body: bytes) -> 
         for client in clients.values():
             await client.aclose()
     wall: Spread = ratios([t.wall for t in runs["ours"]], [t.wall for t in runs["instant"]])
+    floor: Spread = ratios([t.wall for t in runs["floor"]], [t.wall for t in runs["instant"]])
     calls = sorted({t.upstream for t in runs["ours"]})
     return {
         "requests": plan.stampede,
@@ -233,6 +250,7 @@ async def _stampede_figure(lib: ModuleType, plan: OverheadPlan, body: bytes) -> 
         "upstream_calls": calls,
         "wall_ratio": wall.as_dict(),
         "cpu_ratio": ratios([t.cpu for t in runs["ours"]], [t.cpu for t in runs["instant"]]).as_dict(),
+        "floor_wall_ratio": floor.as_dict(),
         "ours_us_per_caller": spread([t.wall / plan.stampede * 1e6 for t in runs["ours"]]).median,
         "instant_us_per_request": spread([t.wall / plan.stampede * 1e6 for t in runs["instant"]]).median,
         "target": TARGET_STAMPEDE,

@@ -23,6 +23,8 @@ __all__ = ["headline_table", "markdown", "update_readme", "write_all"]
 START_MARKER = "<!-- bench:start -->"
 TIMES = "\N{MULTIPLICATION SIGN}"
 DASH = "\N{EN DASH}"
+#: Marks a row that qualifies the row above it.
+INDENT = "\N{RIGHTWARDS ARROW WITH HOOK} "
 END_MARKER = "<!-- bench:end -->"
 
 _SECONDS = {"wall": "wall", "cpu": "CPU", "p50": "p50", "p99": "p99"}
@@ -112,6 +114,22 @@ def _yes(met: bool | None) -> str:
 # -- the target figures -------------------------------------------------------------------------
 
 
+def _floor_row(figure: Mapping[str, Any]) -> list[list[str]]:
+    """The same figure for the floor (benchmarks/floor.py): can any design meet it?"""
+    floor = figure.get("floor_wall_ratio")
+    if floor is None:
+        return []
+    reachable = floor["median"] <= figure["target"]
+    return [
+        [
+            f"{INDENT}the floor, same run: the least any coalescing transport does",
+            f"≤ {figure['target']:.2f}{TIMES}",
+            f"{ratio_text(floor)} wall",
+            "reachable" if reachable else "**below the floor**",
+        ]
+    ]
+
+
 def _target_rows(results: Mapping[str, Any]) -> list[list[str]]:
     targets = results.get("targets", {})
     rows: list[list[str]] = []
@@ -131,6 +149,7 @@ def _target_rows(results: Mapping[str, Any]) -> list[list[str]]:
                 _yes(figure["met"]),
             ]
         )
+        rows += _floor_row(figure)
     for library, figure in targets.get("stampede", {}).items():
         requests = f"{figure['requests']:,}"
         rows.append(
@@ -153,6 +172,7 @@ def _target_rows(results: Mapping[str, Any]) -> list[list[str]]:
                 _yes(figure["wall_ratio"]["median"] <= figure["target"]),
             ]
         )
+        rows += _floor_row(figure)
     sse = _workload(results, "sse")
     if sse is not None:
         small = sse.get("params", {}).get("small_fanout", {})
