@@ -168,6 +168,8 @@ async def test_a_stream_past_the_body_limit_keeps_its_readers_but_takes_no_joine
             upstream.gate.set()
     assert {reader.data for reader in [*attached, later]} == {expected_stream(40, pad=100)}
     assert later.response.extensions["coalesce"].leader is True
+    # Freed as it went, the body was still not downloaded again by two of the three.
+    assert transport.stats().bytes_saved == 2 * len(expected_stream(40, pad=100))
 
 
 async def test_a_slow_reader_keeps_its_place_and_loses_nothing(

@@ -28,7 +28,7 @@ from ._signal import ThreadSignal
 from ._stats import CoalesceStats, Counters
 from ._tasks import current_loop, running_loop, spawn_detached
 from ._upstream import pump_async, pump_sync
-from ._usage import tokens_in
+from ._usage import MAX_PARSED, tokens_in
 from ._window import Window, WindowEntry, shareable_later
 
 if TYPE_CHECKING:
@@ -402,16 +402,20 @@ class CoalescingTransport(_Bases):
     def _finished(self, flight: Flight) -> None:
         """A flight's body is complete: count what sharing saved, keep it for the window."""
         head = flight.head
-        replay = flight.replay
-        if head is None or not replay.whole:
+        if head is None:
             return
+        replay = flight.replay
         followers = flight.joined - 1
-        window = self._window.seconds > 0 and shareable_later(head)
+        window = replay.whole and self._window.seconds > 0 and shareable_later(head)
         if followers <= 0 and not window:
+            return
+        self._counters.add("bytes_saved", replay.size * followers)
+        # Joining the body is a copy of it, held as long as the flight: only for what
+        # needs it whole (the window, or token counts, which only small bodies get).
+        if not replay.whole or not (window or replay.size <= MAX_PARSED):
             return
         body = replay.body()
         tokens = tokens_in(body, head.header(b"content-type") or b"")
-        self._counters.add("bytes_saved", len(body) * followers)
         self._counters.add("tokens_saved", tokens * followers)
         if window:
             entry = WindowEntry(head, body, flight.id, tokens, time.monotonic() + self._window.seconds)
