@@ -65,4 +65,4 @@ class FloorTransport:
             del self._flights[key]
 
     async def aclose(self) -> None:
-        return None
+        await self._inner.aclose()

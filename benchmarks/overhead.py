@@ -13,9 +13,9 @@
 Request bodies are prebuilt bytes (``content=``), so the client's JSON encoding, a
 cost common to both sides, does not dilute the ratio.
 
-In process, both figures also run ``FloorTransport`` (see ``floor``): the least any
-transport keeping the issue's promises must do. Its ratio says whether a target can be
-met at all by a coalescing transport in Python, whatever its design.
+Both figures also run ``FloorTransport`` (see ``floor``): the least any transport
+keeping the issue's promises must do. Its ratio says whether a target can be met at
+all by a coalescing transport in Python, whatever its design.
 """
 
 from __future__ import annotations
@@ -199,8 +199,18 @@ async def measure_overhead(plan: OverheadPlan, loopback_url: str | None) -> dict
                 transport = CoalescingTransport()
                 return lib.AsyncClient(transport=transport, timeout=60), transport
 
+            def loop_floor(lib: ModuleType = lib) -> Any:
+                return lib.AsyncClient(transport=FloorTransport(lib.AsyncHTTPTransport()), timeout=60)
+
             results[f"loopback/{lib.__name__}/{mode}"] = await _overhead_pair(
-                loop_base, loop_ours, url, plan.loopback_requests, concurrency, plan.rounds, TARGET_LOOPBACK
+                loop_base,
+                loop_ours,
+                url,
+                plan.loopback_requests,
+                concurrency,
+                plan.rounds,
+                TARGET_LOOPBACK,
+                loop_floor,
             )
     return results
 
