@@ -193,3 +193,16 @@ def test_a_trailing_star_ignores_a_family_of_headers_but_never_a_credential() ->
         post(headers={"anthropic-beta": "b"}), greedy
     )
     assert key_of(post(headers={"x-trace": "a"}), greedy) == key_of(post(headers={"x-trace": "b"}), greedy)
+
+
+def test_headers_that_smuggle_separators_never_read_as_other_headers() -> None:
+    # No valid request holds these bytes; the key must still tell the two apart.
+    smuggled = {"x-api-key": "key\nx-tenant\x00other"}
+    plain = {"x-api-key": "key", "x-tenant": "other"}
+    assert key_of(post(headers=smuggled)) != key_of(post(headers=plain))
+
+
+@pytest.mark.parametrize("name", ["", "x-coalesce-é"])
+def test_an_opt_out_header_that_cannot_be_a_header_name_is_refused_at_once(name: str) -> None:
+    with pytest.raises(ValueError, match="opt_out_header"):
+        CoalescingTransport(opt_out_header=name)

@@ -76,6 +76,8 @@ class CoalescingTransport(_Bases):
     ) -> None:
         if window < 0:
             raise ValueError("window must be >= 0 seconds")
+        if not opt_out_header or not opt_out_header.isascii():
+            raise ValueError(f"opt_out_header must be an ASCII header name, not {opt_out_header!r}")
         self._transport = transport
         self._methods = frozenset(method.upper() for method in methods)
         self._rules = KeyRules(frozenset(ignore_headers), frozenset(ignore_json_fields))
