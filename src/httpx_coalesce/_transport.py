@@ -412,6 +412,7 @@ class CoalescingTransport(_Bases):
         if followers <= 0 and not window:
             return
         self._counters.add("bytes_saved", replay.size * followers)
+        logger.debug("flight %s shared by %d callers", flight.id, flight.joined)
         # Joining the body is a copy of it, held as long as the flight: only for what
         # needs it whole (the window, or token counts, which only small bodies get).
         if not replay.whole or not (window or replay.size <= MAX_PARSED):
@@ -422,7 +423,6 @@ class CoalescingTransport(_Bases):
         if window:
             entry = WindowEntry(head, body, flight.id, tokens, time.monotonic() + self._window.seconds)
             self._window.put(flight.key, entry)
-        logger.debug("flight %s shared by %d callers", flight.id, flight.joined)
 
 
 class _Retry:
