@@ -135,16 +135,6 @@ class KeyRules:
         prefixes = tuple(sorted(name[:-1].encode("latin-1") for name in lowered if name.endswith("*")))
         object.__setattr__(self, "_ignored_prefixes", prefixes)
 
-    def ignores(self, name: str) -> bool:
-        """Whether header *name* (lower-case) is left out of the key."""
-        return self._ignores(name.encode("latin-1"))
-
-    def _ignores(self, name: bytes) -> bool:
-        if name in self._ignored:
-            return True
-        prefixes = self._ignored_prefixes
-        return bool(prefixes) and name.startswith(prefixes) and not _is_credential_name(name)
-
     def key(self, parts: RequestParts) -> str:
         """The key of *parts*: the same as the transport makes for the same request."""
         return self.key_of(

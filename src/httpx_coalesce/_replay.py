@@ -54,19 +54,6 @@ class Head:
             extensions.get("reason_phrase"),
         )
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Head):
-            return NotImplemented
-        return (self.status, self.headers, self.http_version, self.reason_phrase) == (
-            other.status,
-            other.headers,
-            other.http_version,
-            other.reason_phrase,
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.status, self.headers))
-
     def __repr__(self) -> str:
         return f"Head(status={self.status}, headers={len(self.headers)})"
 
