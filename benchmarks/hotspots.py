@@ -95,7 +95,7 @@ def _name(key: FunctionKey) -> str:
     filename, line, function = key
     if filename == "~":
         return function  # a builtin, e.g. <built-in method orjson.loads>
-    for marker in ("/site-packages/", "/src/", "/lib/python"):
+    for marker in ("/site-packages/", "/httpx_coalesce/", "/lib/python"):
         if marker in filename:
             filename = filename.split(marker, 1)[1]
             break

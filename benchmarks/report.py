@@ -340,7 +340,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         "",
         f"`python -m benchmarks{' --quick' if meta.get('mode') == 'quick' else ''}`, "
         f"{meta.get('mode')} run, {meta.get('generated')}, {meta.get('duration_s')} s. "
-        f"Commit {meta.get('commit')}{' with src/ modified' if meta.get('src_modified') else ''}; "
+        f"Commit {meta.get('commit')}{' with httpx_coalesce/ modified' if meta.get('src_modified') else ''}; "
         f"Python {meta.get('python')}, {meta.get('platform')}, {meta.get('cpus')} CPUs; load average "
         f"{_load(meta.get('load_average_at_start'))} at the start, "
         f"{_load(meta.get('load_average_at_end'))} at "

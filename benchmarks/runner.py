@@ -215,7 +215,7 @@ def _version(distribution: str) -> str | None:
 
 
 def _git(*args: str) -> str | None:
-    # Read-only: which commit was measured, and whether src/ had changes on top of it.
+    # Read-only: which commit was measured, and whether httpx_coalesce/ had changes on top of it.
     try:
         done = subprocess.run(
             ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
@@ -226,7 +226,7 @@ def _git(*args: str) -> str | None:
 
 
 def _meta(quick: bool, budget: Budget) -> dict[str, Any]:
-    dirty = _git("status", "--porcelain", "--", "src")
+    dirty = _git("status", "--porcelain", "--", "httpx_coalesce")
     return {
         "mode": "quick" if quick else "full",
         "python": platform.python_version(),
