@@ -14,6 +14,10 @@ Structured output: when a request asks for a JSON-schema format (chat ``response
 schema (values derived from the same hash), streamed in as many pieces as a plain answer has words, so the
 SDKs' ``parse`` helpers work.
 
+Like the real services it can limit each API key to so many requests per minute (answering 429 with
+``retry-after`` past it, see :class:`RateLimit`) and bills every answer's tokens to the key that asked, at
+the prices of a table of its own (:data:`DEMO_PRICES`, made up for the demo), see :meth:`FakeLLMAPI.bill`.
+
 Every API response carries ``x-fake-hit: N`` (the hit that produced it) and ``x-request-id``/``request-id``.
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/responses``, ``POST /v1/embeddings``,
@@ -42,7 +46,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-__all__ = ["DEFAULT_CHUNKS", "FakeLLMAPI", "make_fake_api"]
+__all__ = ["DEFAULT_CHUNKS", "DEMO_PRICES", "Bill", "FakeLLMAPI", "Price", "RateLimit", "make_fake_api"]
 
 JSONObject = dict[str, Any]
 Flavour = Literal["openai", "anthropic"]
@@ -161,6 +165,79 @@ _ANTHROPIC_ERRORS: Final[Mapping[int, tuple[str, str]]] = {
     504: ("timeout_error", "Gateway timeout (injected by the fake API)."),
     529: ("overloaded_error", "Overloaded (injected by the fake API)."),
 }
+
+
+@dataclass(frozen=True)
+class Price:
+    """What a model costs, in dollars per million tokens."""
+
+    input_per_million: float
+    output_per_million: float
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input_per_million + output_tokens * self.output_per_million) / 1_000_000
+
+
+DEMO_PRICES: Final[Mapping[str, Price]] = {
+    # The demo's own made-up price list, of the order real APIs charge: it belongs to this fake API, not to
+    # any provider, and the library never reads it. A model not listed is billed at "*".
+    "gpt-demo": Price(input_per_million=2.50, output_per_million=10.00),
+    "*": Price(input_per_million=1.00, output_per_million=4.00),
+}
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A per-key limit in requests per minute, enforced in slices of the minute as the real APIs do.
+
+    Real APIs do not let a key spend its whole minute in one second: a limit of 1,200 requests per minute is
+    enforced as 20 in any one-second slice. A request past the slice's share gets a 429 whose ``retry-after``
+    says when the next slice starts. ``slice_seconds`` shorter than a second keeps tests fast.
+    """
+
+    requests_per_minute: int
+    slice_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.requests_per_minute < 1:
+            raise ValueError(f"requests_per_minute must be at least 1, got {self.requests_per_minute}")
+        if not (math.isfinite(self.slice_seconds) and 0 < self.slice_seconds <= 60):
+            raise ValueError(f"slice_seconds must be in (0, 60], got {self.slice_seconds}")
+
+    @property
+    def per_slice(self) -> int:
+        return max(1, math.floor(self.requests_per_minute * self.slice_seconds / 60))
+
+
+@dataclass(frozen=True)
+class Bill:
+    """What one key was charged: answers given, tokens billed and their cost at the API's prices."""
+
+    answers: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def add(self, input_tokens: int, output_tokens: int, cost: float) -> Bill:
+        return Bill(
+            self.answers + 1,
+            self.input_tokens + input_tokens,
+            self.output_tokens + output_tokens,
+            self.cost + cost,
+        )
+
+
+def _account(headers: Mapping[str, str]) -> str:
+    """The key a request is billed to and rate-limited by, read from the headers the real APIs read."""
+    for name in ("authorization", "x-api-key", "x-goog-api-key", "api-key"):
+        value = headers.get(name)
+        if value:
+            return value.removeprefix("Bearer ").removeprefix("bearer ")
+    return ""
 
 
 def _dumps(obj: Any) -> bytes:
@@ -332,6 +409,7 @@ class _Call:
     hit: int
     body: JSONObject
     seed: bytes
+    account: str
 
     @property
     def suffix(self) -> str:
@@ -409,6 +487,12 @@ class FakeLLMAPI:
         ``hold`` with a new closed event before setting the old one holds the next requests again.
     ``retry_after_ms``
         value of ``retry-after-ms`` on retryable errors; see :meth:`script`.
+    ``rate_limit``
+        a :class:`RateLimit` applied to each key (the request's API key) on its own, or None for no limit.
+        Requests it turns away are answered at once (no ``latency``) and counted in ``rate_limited``.
+    ``prices``
+        dollars per million tokens by model (``"*"`` for any other model); every answer's usage is billed
+        to its key at these prices, see :meth:`bill`.
     ``embedding_dims``
         default embedding size when the request has no ``dimensions``.
     ``max_chunks``
@@ -424,12 +508,16 @@ class FakeLLMAPI:
         embedding_dims: int = 16,
         max_chunks: int = 256,
         retry_after_ms: int = 1,
+        rate_limit: RateLimit | None = None,
+        prices: Mapping[str, Price] = DEMO_PRICES,
     ) -> None:
         self.latency = latency
         self.stream_gap = stream_gap
         self.gate: threading.Event | None = None
         self.hold: threading.Event | None = None
         self.retry_after_ms = retry_after_ms
+        self.rate_limit = rate_limit
+        self.prices = prices
         self.embedding_dims = embedding_dims
         self.max_chunks = max_chunks
         self.first_event_sent = threading.Event()
@@ -442,6 +530,10 @@ class FakeLLMAPI:
         self._seen_headers: deque[dict[str, str]] = deque(maxlen=headers_kept)
         self._seen_bodies: deque[bytes] = deque(maxlen=headers_kept)
         self._held = 0
+        # key -> (when its current slice of the minute ends, requests admitted in it)
+        self._slices: dict[str, tuple[float, int]] = {}
+        self._rate_limited = 0
+        self._bills: dict[str, Bill] = {}
         self._open_streams = 0
         self._streams_started = 0
         self._streams_completed = 0
@@ -483,6 +575,27 @@ class FakeLLMAPI:
         """Raw bodies of the most recent counted requests, oldest first, parallel to ``seen_headers``."""
         with self._lock:
             return list(self._seen_bodies)
+
+    @property
+    def rate_limited(self) -> int:
+        """Requests answered 429 by the rate limit (injected 429s not included)."""
+        with self._lock:
+            return self._rate_limited
+
+    def bill(self, api_key: str | None = None) -> Bill:
+        """What ``api_key`` was charged, or every key together when None."""
+        with self._lock:
+            if api_key is not None:
+                return self._bills.get(api_key, Bill())
+            total = Bill()
+            for bill in self._bills.values():
+                total = Bill(
+                    total.answers + bill.answers,
+                    total.input_tokens + bill.input_tokens,
+                    total.output_tokens + bill.output_tokens,
+                    total.cost + bill.cost,
+                )
+            return total
 
     @property
     def held(self) -> int:
@@ -561,6 +674,9 @@ class FakeLLMAPI:
             self._scripts.clear()
             self._seen_headers.clear()
             self._seen_bodies.clear()
+            self._slices.clear()
+            self._rate_limited = 0
+            self._bills.clear()
             self._streams_started = 0
             self._streams_completed = 0
             self._streams_aborted = 0
@@ -631,6 +747,12 @@ class FakeLLMAPI:
             except ValueError:
                 return self._error(400, flavour, hit, f"x-fake-status must be an integer, got {forced!r}")
 
+        account = _account(headers)
+        if status is None:
+            wait = self._admit(account)
+            if wait is not None:
+                return self._too_many(flavour, hit, wait)
+
         if self.latency > 0:
             await anyio.sleep(self.latency)
         hold = self.hold
@@ -660,7 +782,48 @@ class FakeLLMAPI:
         seed = hashlib.sha256(
             request.url.path.encode() + b"\0" + orjson.dumps(seed_source, option=orjson.OPT_SORT_KEYS)
         ).digest()
-        return _Call(hit=hit, body=body, seed=seed)
+        return _Call(hit=hit, body=body, seed=seed, account=account)
+
+    def _admit(self, account: str) -> float | None:
+        """Count a request against its key's slice: None when admitted, else seconds until the next slice."""
+        limit = self.rate_limit
+        if limit is None:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            ends, used = self._slices.get(account, (0.0, 0))
+            if now >= ends:
+                ends, used = now + limit.slice_seconds, 0
+            if used < limit.per_slice:
+                self._slices[account] = (ends, used + 1)
+                return None
+            self._rate_limited += 1
+            return ends - now
+
+    def _too_many(self, flavour: Flavour, hit: int, wait: float) -> Response:
+        limit = self.rate_limit
+        assert limit is not None
+        message = (
+            f"Rate limit reached for requests: limit {limit.requests_per_minute} per minute "
+            f"({limit.per_slice} per {limit.slice_seconds:g} s). Please try again in {wait * 1000:.0f} ms."
+        )
+        response = self._error(429, flavour, hit, message)
+        # Both headers, as the real APIs send them: the SDKs read retry-after-ms first, and a zero there
+        # would make them fall back to their own backoff.
+        response.headers["retry-after"] = str(max(1, math.ceil(wait)))
+        response.headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
+        response.headers["x-ratelimit-limit-requests"] = str(limit.requests_per_minute)
+        response.headers["x-ratelimit-remaining-requests"] = "0"
+        response.headers["x-ratelimit-reset-requests"] = f"{wait:.3f}s"
+        return response
+
+    def _bill(self, call: _Call, model: str, input_tokens: int, output_tokens: int) -> None:
+        price = self.prices.get(model) or self.prices.get("*")
+        cost = price.cost(input_tokens, output_tokens) if price is not None else 0.0
+        with self._lock:
+            self._bills[call.account] = self._bills.get(call.account, Bill()).add(
+                input_tokens, output_tokens, cost
+            )
 
     def _error(self, status: int, flavour: Flavour, hit: int, message: str | None = None) -> Response:
         headers = self._answer_headers(hit)
@@ -753,6 +916,7 @@ class FakeLLMAPI:
                 "rejected_prediction_tokens": 0,
             },
         }
+        self._bill(call, model, prompt_tokens, len(words))
         completion_id = f"chatcmpl-fake{call.suffix}"
         created = int(time.time())
         fingerprint = "fp_fake0001"
@@ -851,6 +1015,7 @@ class FakeLLMAPI:
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": input_tokens + len(words),
         }
+        self._bill(call, model, input_tokens, len(words))
         response_id = f"resp_fake{call.suffix}"
         message_id = f"msg_fake{call.suffix}"
         created = int(time.time())
@@ -956,6 +1121,7 @@ class FakeLLMAPI:
                 base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode() if as_base64 else vector
             )
             data.append({"object": "embedding", "index": index, "embedding": encoded})
+        self._bill(call, model, tokens, 0)
         answer = {
             "object": "list",
             "data": data,
@@ -984,6 +1150,7 @@ class FakeLLMAPI:
         words = _answer_pieces(call, self._n_chunks(body, "max_tokens"))
         text = "".join(words)
         input_tokens = _prompt_tokens(texts)
+        self._bill(call, model, input_tokens, len(words))
         message_id = f"msg_fake{call.suffix}"
 
         def message(content: list[JSONObject], stop_reason: str | None, output_tokens: int) -> JSONObject:
