@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 __all__ = ["Limits"]
 
@@ -22,3 +22,17 @@ class Limits:
     #: Finished responses kept for the window, and their bytes in all.
     window_entries: int = 1024
     window_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        # Refused here rather than met at the first request: a zero or negative bound
+        # would quietly turn coalescing (or the window) off, and a float or str would
+        # fail deep inside a flight.
+        for field in fields(self):
+            value = getattr(self, field.name)
+            # bool is an int to Python, but max_flights=True is a mistake, not 1.
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(
+                    f"Limits.{field.name} must be a positive int, not {type(value).__name__} {value!r}"
+                )
+            if value <= 0:
+                raise ValueError(f"Limits.{field.name} must be a positive int (> 0), not {value!r}")

@@ -74,17 +74,41 @@ class CoalescingTransport(_Bases):
         limits: Limits | None = None,
         opt_out_header: str = "x-coalesce",
     ) -> None:
-        if window < 0:
-            raise ValueError("window must be >= 0 seconds")
-        if not opt_out_header or not opt_out_header.isascii():
-            raise ValueError(f"opt_out_header must be an ASCII header name, not {opt_out_header!r}")
+        # Every argument is checked before anything is stored: a wrong one met at the
+        # first request reads as an unrelated error far from its cause, or as nothing
+        # at all (methods="POST" would mean the methods P, O, S and T).
+        from ._options import (
+            check_backend,
+            check_ignore_headers,
+            check_key,
+            check_limits,
+            check_methods,
+            check_names,
+            check_opt_out_header,
+            check_transport,
+            check_window,
+            warn_kept_credentials,
+        )
+
+        transport = check_transport(transport)
+        checked_methods = check_methods(methods)
+        ignored_headers = check_ignore_headers(ignore_headers)
+        ignored_fields = check_names(ignore_json_fields, "ignore_json_fields")
+        key = check_key(key)
+        backend = check_backend(backend)
+        seconds = check_window(window)
+        checked_limits = check_limits(limits)
+        opt_out_name = check_opt_out_header(opt_out_header)
+        # Pointing at the caller of CoalescingTransport(...): 1 is the warning's own
+        # function, 2 this __init__.
+        warn_kept_credentials(ignored_headers, stacklevel=3)
         self._transport = transport
-        self._methods = frozenset(method.upper() for method in methods)
-        self._rules = KeyRules(frozenset(ignore_headers), frozenset(ignore_json_fields))
+        self._methods = checked_methods
+        self._rules = KeyRules(ignored_headers, ignored_fields)
         self._key_function = key
-        self._limits = limits or Limits()
-        self._opt_out_header = opt_out_header.lower()
-        self._window = Window(window, self._limits.window_entries, self._limits.window_bytes)
+        self._limits = checked_limits
+        self._opt_out_header = opt_out_name
+        self._window = Window(seconds, self._limits.window_entries, self._limits.window_bytes)
         self._counters = Counters()
         self._defaults: dict[tuple[str, bool], Any] = {}
         self._defaults_lock = threading.Lock()
