@@ -1,0 +1,351 @@
+"""The gateway as a bare ASGI app: each request becomes an httpx request sent through a
+CoalescingTransport, and its response streams back as it comes.
+
+A bare ASGI callable rather than a framework: the gateway adds a hop to every request,
+and a framework's routing and request objects would cost more than everything else it
+does. The request body is read whole (it is bounded, and the transport keys it); the
+response body is never buffered here, so a stream reaches every client live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import httpx
+
+try:
+    import httpx2 as http
+except ImportError:  # pragma: no cover - httpx2 needs Python 3.11
+    http = httpx  # type: ignore[misc]
+
+from .. import DEFAULT_IGNORED_HEADERS, CoalesceInfo, CoalescingTransport, Limits
+from ._config import CONFIG_ENV, GatewayConfig
+from ._proxy import request_headers, response_headers, upstream_url
+
+__all__ = ["FORWARDING_HEADERS", "Gateway", "app_from_env"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+access_log = logging.getLogger("httpx_coalesce.gateway.access")
+logger = logging.getLogger("httpx_coalesce.gateway")
+
+#: Added by the gateway, differing by client: out of the key, or no two clients would
+#: ever share. The upstream sees the leader's.
+FORWARDING_HEADERS = frozenset({"x-forwarded-for", "x-forwarded-proto", "forwarded", "x-real-ip"})
+
+_BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+_TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+class _Watch:
+    """Cancels the request's task when its client disconnects (flag set first, so the
+    handler can tell that cancellation from the server's own)."""
+
+    __slots__ = ("disconnected", "finished")
+
+    def __init__(self) -> None:
+        self.disconnected = False
+        self.finished = False
+
+    async def run(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not self.finished:
+                    self.disconnected = True
+                    task.cancel()
+                return
+
+
+class Gateway:
+    """The ASGI app of one gateway process."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self._routes = config.routes
+        self._timeouts = {
+            "connect": config.connect_timeout,
+            "read": config.read_timeout,
+            "write": config.write_timeout,
+            "pool": config.pool_timeout,
+        }
+        self._transport: CoalescingTransport | None = None
+        self._metrics: Any = None
+
+    @property
+    def transport(self) -> CoalescingTransport:
+        """Made on first use, inside the serving event loop (its connection pool is tied to it)."""
+        if self._transport is None:
+            config = self.config
+            inner = http.AsyncHTTPTransport(
+                limits=http.Limits(
+                    max_connections=config.max_connections, max_keepalive_connections=config.max_connections
+                )
+            )
+            backend = None
+            if config.redis:
+                from ..redis import RedisBackend
+
+                backend = RedisBackend.from_url(config.redis, prefix=config.redis_prefix)
+            self._transport = CoalescingTransport(
+                transport=inner,
+                backend=backend,
+                window=config.window,
+                ignore_headers=DEFAULT_IGNORED_HEADERS | FORWARDING_HEADERS,
+                limits=Limits(
+                    max_flights=config.max_flights,
+                    max_waiters=config.max_waiters,
+                    max_body_bytes=config.max_body_bytes,
+                    max_request_bytes=config.max_request_body,
+                ),
+            )
+        return self._transport
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            # Not proxied: the transport coalesces HTTP exchanges, and an upgraded
+            # connection is none.
+            await receive()
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def aclose(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.aclose()
+
+    # -- one request ------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        method: str = scope["method"]
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        status, outcome = await self._answer(scope, method, raw_path, receive, send)
+        if self.config.access_log:
+            client = scope.get("client")
+            # The path only: a query string may carry a key (?key=...), and headers
+            # are never logged.
+            access_log.info(
+                '%s "%s %s" %s %s %.1fms',
+                client[0] if client else "-",
+                method,
+                raw_path.decode("latin-1"),
+                status,
+                outcome,
+                (time.perf_counter() - started) * 1000,
+            )
+
+    async def _answer(
+        self, scope: Scope, method: str, raw_path: bytes, receive: Receive, send: Send
+    ) -> tuple[int, str]:
+        """Serve one request; return its status and outcome for the access log."""
+        if raw_path == b"/healthz" and method in ("GET", "HEAD"):
+            await _plain(send, 200, b"ok\n")
+            return 200, "local"
+        if raw_path == b"/metrics" and method == "GET":
+            await self._serve_metrics(send)
+            return 200, "local"
+        if method == "CONNECT":
+            await _plain(send, 400, b"CONNECT is not served: this is not a forward proxy\n")
+            return 400, "refused"
+        url = upstream_url(self._routes, raw_path, scope.get("query_string", b""))
+        if url is None:
+            await _plain(send, 404, b"no route for this path\n")
+            return 404, "refused"
+        declared = _content_length(scope["headers"])
+        if declared is None:
+            await _plain(send, 400, b"malformed Content-Length\n")
+            return 400, "refused"
+        if declared > self.config.max_request_body:
+            await _plain(send, 413, b"request body too large\n", close=True)
+            return 413, "refused"
+        try:
+            body = await _read_body(receive, self.config.max_request_body)
+        except _ClientGone:
+            return 499, "client-gone"
+        if body is None:
+            await _plain(send, 413, b"request body too large\n", close=True)
+            return 413, "refused"
+        client = scope.get("client")
+        headers = request_headers(
+            scope["headers"],
+            client[0] if client else None,
+            scope.get("scheme", "http"),
+            self.config.forwarded_headers,
+        )
+        content = body if body or method not in _BODYLESS or declared else None
+        try:
+            request = http.Request(
+                method, url, headers=headers, content=content, extensions={"timeout": self._timeouts}
+            )
+        except (http.InvalidURL, ValueError, TypeError):
+            await _plain(send, 400, b"malformed request\n")
+            return 400, "refused"
+        return await self._forward(request, receive, send)
+
+    async def _forward(self, request: http.Request, receive: Receive, send: Send) -> tuple[int, str]:
+        task = asyncio.current_task()
+        assert task is not None
+        watch = _Watch()
+        watcher = asyncio.get_running_loop().create_task(watch.run(receive, task))
+        status, outcome = 502, "error"
+        try:
+            try:
+                response = await self.transport.handle_async_request(request)
+            except http.TimeoutException:
+                await _plain(send, 504, b"upstream timed out\n")
+                return 504, "error"
+            except http.TransportError as error:
+                logger.info("upstream failed: %s", type(error).__name__)
+                await _plain(send, 502, b"upstream unreachable\n")
+                return 502, "error"
+            status = response.status_code
+            info = response.extensions.get("coalesce")
+            outcome = _outcome(info)
+            try:
+                await self._relay(response, send, watch)
+            except _Broken:
+                # Returning with the response unfinished makes the server break the
+                # connection: the client sees a truncated body, never a complete one.
+                return status, outcome + ",upstream-broke"
+            finally:
+                await response.aclose()
+            return status, outcome
+        except asyncio.CancelledError:
+            if not watch.disconnected:
+                raise
+            # Our own cancellation: the client left. Its response is closed above, so
+            # its seat has left the flight; the others read on.
+            uncancel = getattr(task, "uncancel", None)
+            if uncancel is not None:
+                uncancel()
+            return status, outcome + ",client-gone"
+        finally:
+            watch.finished = True
+            watcher.cancel()
+
+    async def _relay(self, response: http.Response, send: Send, watch: _Watch) -> None:
+        headers = response_headers(response.headers.raw)
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        # With a known length the last chunk ends the response itself: one message less
+        # for every buffered answer.
+        remaining = _content_length(headers) if "content-length" in response.headers else None
+        stream: Any = response.stream
+        try:
+            async for chunk in stream:
+                if not chunk:
+                    continue
+                if remaining is not None:
+                    remaining -= len(chunk)
+                    if remaining <= 0:
+                        watch.finished = True
+                        await send({"type": "http.response.body", "body": chunk})
+                        return
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except http.TransportError as error:
+            # Mid-body: the status is sent, so the only honest signal left is to break
+            # the connection (the server closes it when the app ends unfinished).
+            logger.info("upstream failed mid-body: %s", type(error).__name__)
+            raise _Broken from error
+        watch.finished = True
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _serve_metrics(self, send: Send) -> None:
+        if self._metrics is None:
+            from ._metrics import Metrics
+
+            self._metrics = Metrics(self.transport.stats)
+        from ._metrics import CONTENT_TYPE
+
+        body: bytes = self._metrics.render()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", CONTENT_TYPE), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _Broken(Exception):
+    """An upstream body that broke after its status was sent."""
+
+
+def _outcome(info: object) -> str:
+    if not isinstance(info, CoalesceInfo):
+        return "bypassed"
+    if info.from_window:
+        return "window"
+    return "led" if info.leader else "joined"
+
+
+def _content_length(headers: Any) -> int | None:
+    """The declared length (0 when there is none), or None when it is malformed."""
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            if not value.isdigit():
+                return None
+            return int(value)
+    return 0
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None once it passes *limit*."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        if chunk:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _plain(send: Send, status: int, body: bytes, close: bool = False) -> None:
+    headers = [*_TEXT, (b"content-length", str(len(body)).encode())]
+    if close:
+        # The rest of an unread body is not worth reading: end the connection.
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def app_from_env() -> Gateway:
+    """The app factory worker processes call: settings from the parent, via the environment."""
+    text = os.environ.get(CONFIG_ENV)
+    if not text:
+        raise RuntimeError(f"{CONFIG_ENV} is not set: start the gateway with `httpx-coalesce serve`")
+    return Gateway(GatewayConfig.from_json(text))

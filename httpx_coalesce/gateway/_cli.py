@@ -1,0 +1,89 @@
+"""``httpx-coalesce serve``: parse the settings, then run the gateway's ASGI server.
+
+Importing this module needs nothing beyond the core package: the server (the
+``gateway`` extra) is imported only once the settings are parsed, so ``--help`` works,
+and a missing extra is reported as such, without a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ._config import CONFIG_ENV, GatewayConfig, config_from_args
+
+__all__ = ["main", "serve"]
+
+_APP = "httpx_coalesce.gateway._app:app_from_env"
+
+
+def _log_config() -> dict[str, Any]:
+    """Every log line on standard error; the access log as one plain line per request."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+            "access": {"format": "%(asctime)s %(message)s"},
+        },
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"},
+            "access": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stderr"},
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+            "httpx_coalesce": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+            "httpx_coalesce.gateway": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+            "httpx_coalesce.gateway.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+        },
+    }
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def serve(config: GatewayConfig) -> int:
+    """Run the gateway until interrupted."""
+    try:
+        import uvicorn
+    except ImportError as error:
+        print(f"serve needs its extra: pip install 'httpx-coalesce[gateway]' ({error})", file=sys.stderr)
+        return 2
+    # Workers are fresh interpreters that import the app by name; they find their
+    # settings here.
+    os.environ[CONFIG_ENV] = config.to_json()
+    uvicorn.run(
+        _APP,
+        factory=True,
+        host=config.host,
+        port=config.port,
+        workers=config.workers,
+        # The fastest pair measured (benchmarks/gateway_servers.py); the pure-Python
+        # ones where these cannot be installed.
+        loop="uvloop" if _installed("uvloop") else "asyncio",
+        http="httptools" if _installed("httptools") else "h11",
+        lifespan="on",
+        log_config=_log_config(),
+        # The gateway writes its own access line, with the coalescing outcome.
+        access_log=False,
+        # The upstream's Server and Date pass through; the gateway adds none of its own.
+        server_header=False,
+        date_header=False,
+        # The client address is the peer's: a client's own X-Forwarded-For is not
+        # trusted to say who it is (it is kept, and ours appended, upstream).
+        proxy_headers=False,
+        timeout_keep_alive=30,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return serve(config_from_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

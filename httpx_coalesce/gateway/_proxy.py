@@ -1,0 +1,122 @@
+"""What a reverse proxy must do to a request and a response: routes and header rules.
+
+Only origin-form targets under a configured prefix reach an upstream, and only the
+upstream configured for that prefix: the gateway is never an open proxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from ._config import Route
+
+__all__ = ["HOP_BY_HOP", "request_headers", "response_headers", "upstream_url"]
+
+#: Headers that describe one connection, not the message (RFC 9110 section 7.6.1), and
+#: the proxy's own credentials: never forwarded, either way.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+
+#: Headers httpx writes itself from the request it sends (Host from the URL, the
+#: length from the body it was given); the client's copies would be wrong or doubled.
+_REWRITTEN = frozenset({b"host", b"content-length"})
+
+
+def upstream_url(routes: Sequence[Route], raw_path: bytes, query: bytes) -> str | None:
+    """The upstream URL for an origin-form target, or None when no route takes it.
+
+    The path is used as the client sent it (still percent-encoded), so the upstream sees
+    the same bytes; a target that is not origin-form (``http://host/...``, ``host:443``,
+    ``*``) matches nothing.
+    """
+    if not raw_path.startswith(b"/"):
+        return None
+    try:
+        path = raw_path.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    for route in routes:
+        prefix = route.prefix
+        if prefix == "/":
+            rest = path
+        elif path == prefix or path.startswith(prefix + "/"):
+            rest = path[len(prefix) :] or ""
+        else:
+            continue
+        url = route.upstream + rest
+        if query:
+            url += "?" + query.decode("ascii", "replace")
+        return url
+    return None
+
+
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(token.strip().lower() for token in value.split(b","))
+    return tokens
+
+
+def request_headers(
+    headers: Sequence[tuple[bytes, bytes]],
+    client: str | None,
+    scheme: str,
+    forwarded: bool,
+) -> list[tuple[bytes, bytes]]:
+    """The client's headers as the upstream should get them."""
+    dropped = _connection_tokens(headers)
+    kept: list[tuple[bytes, bytes]] = []
+    forwarded_for: bytes | None = None
+    for name, value in headers:
+        lowered = name.lower()
+        if (
+            lowered in HOP_BY_HOP
+            or lowered in _REWRITTEN
+            or lowered.startswith(b"proxy-")
+            or lowered in dropped
+        ):
+            continue
+        if forwarded and lowered in (b"x-forwarded-for", b"x-forwarded-proto"):
+            # Rewritten below: one of each, whatever the client sent.
+            if lowered == b"x-forwarded-for":
+                forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+            continue
+        kept.append((lowered, value))
+    if forwarded:
+        # The chain the client brought, then the address this gateway saw.
+        if client is not None:
+            address = client.encode("latin-1")
+            forwarded_for = address if forwarded_for is None else forwarded_for + b", " + address
+        if forwarded_for is not None:
+            kept.append((b"x-forwarded-for", forwarded_for))
+        kept.append((b"x-forwarded-proto", scheme.encode("latin-1")))
+    return kept
+
+
+def response_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The upstream's headers as the client should get them.
+
+    Content-Length stays: the body passes through as the upstream encoded it, so its
+    length is the upstream's. Transfer-Encoding goes: the gateway's server frames the
+    body on its own connection.
+    """
+    dropped = _connection_tokens(headers)
+    return [
+        (name, value)
+        for name, value in headers
+        if not (
+            (lowered := name.lower()) in HOP_BY_HOP or lowered.startswith(b"proxy-") or lowered in dropped
+        )
+    ]
