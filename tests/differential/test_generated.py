@@ -1,0 +1,96 @@
+"""Scenarios Hypothesis puts together: library, runtime, what the inner transport and
+the server do, request body, streamed or not, and extras (a cookie, leaving the client's
+block with an error). Each is played alone and coalesced, and the caller must not tell
+the two apart.
+
+Bounded and derandomized, so a run is fast and the same every time; shrinking is off
+(the scenario of a failure is printed whole, and shrinking would replay failing runs
+that wait out their bounds).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from .scenarios import BASE_EXCEPTIONS, LIBRARIES, RUNTIMES, Route, Scenario, assert_invisible
+from .server import DifferentialServer
+
+LARGE = 64 * 1024
+SMALL = 8 * 1024
+
+#: What the server and the inner transport do, by name: (route, fault, fault_at, refused).
+_BEHAVIOURS: dict[str, tuple[Route, str | None, str | int, bool]] = {
+    "answers": (Route(), None, "send", False),
+    "answers slowly": (Route(slow=True), None, "send", False),
+    "answers a big body slowly": (Route(size=LARGE, hold_body=True), None, "send", False),
+    "streams chunks": (Route(size=LARGE, mode="chunked", hold_body=True), None, "send", False),
+    "streams events": (Route(size=SMALL, mode="sse", hold_body=True), None, "send", False),
+    "redirects": (Route(redirect=True), None, "send", False),
+    "refuses the connection": (Route(), None, "send", True),
+    "closes mid small body": (Route(size=SMALL, cut=SMALL // 2), None, "send", False),
+    "closes mid chunked body": (Route(size=LARGE, mode="chunked", cut=LARGE // 2), None, "send", False),
+    "fails to connect": (Route(), "connect_error", "send", False),
+    "fails after the head": (Route(), "read_error", "head", False),
+    "fails mid small body": (Route(size=SMALL), "read_error", 2000, False),
+    "fails mid big body": (Route(size=LARGE, hold_body=True), "read_error", 4000, False),
+}
+
+
+#: Where a BaseException is raised: before sending, after the head, mid-way through a body.
+_BASE_EXCEPTION_PLACES: list[str | int] = ["send", "head", 2000]
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> Scenario:
+    lib = draw(st.sampled_from(sorted(LIBRARIES)))
+    runtime = draw(st.sampled_from(RUNTIMES))
+    bodies = ["none", "bytes", "json", "generator", "multipart"] + (["file"] if runtime == "sync" else [])
+    body = draw(st.sampled_from(bodies))
+    stream = draw(st.booleans())
+    behaviour = draw(st.sampled_from([*_BEHAVIOURS, "raises a BaseException"]))
+    if behaviour == "raises a BaseException":
+        kinds = [kind for kind in BASE_EXCEPTIONS if kind != "cancelled" or runtime == "asyncio"]
+        fault: str | None = draw(st.sampled_from(kinds))
+        at = draw(st.sampled_from(_BASE_EXCEPTION_PLACES))
+        route = Route(size=SMALL if at == 2000 else 0)
+        refused = False
+    else:
+        route, fault, at, refused = _BEHAVIOURS[behaviour]
+    route = Route(
+        size=route.size,
+        mode=route.mode,
+        slow=route.slow,
+        hold_body=route.hold_body,
+        cut=route.cut,
+        cookie=draw(st.booleans()),
+        redirect=route.redirect,
+    )
+    return Scenario(
+        lib,
+        runtime,
+        route=route,
+        body=body,
+        stream=stream,
+        fault=fault,
+        fault_at=at,
+        refused=refused,
+        leave_with_error=draw(st.booleans()),
+    )
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(scenario=scenarios())
+def test_a_lone_caller_cannot_tell_the_transport_is_there(
+    scenario: Scenario, server: DifferentialServer, upload: Path
+) -> None:
+    assert_invisible(scenario, server, upload)
