@@ -111,7 +111,8 @@ class Flight:
         self.state = State.OPEN
         self.head: Head | None = None
         self.replay = Replay()
-        self.error: BaseException | None = None  # a template: never raised itself
+        #: What stopped the upstream call: raised as it is for the leader's caller only.
+        self.error: BaseException | None = None
         self.joinable = True
         self.seats: set[Seat] = set()
         self.joined = 0
@@ -209,10 +210,12 @@ class Flight:
             self._cancel = cancel
             return True
 
-    def publish(self, head: Head) -> None:
-        """Hand the response out now, while its body still arrives (live fan-out)."""
+    def publish(self, head: Head, response: object = None) -> None:
+        """Hand the response out now, while its body still arrives (live fan-out); its
+        upstream *response* object is kept for the leader."""
         with self.lock:
             self.head = head
+            self.upstream_response = response
             self.signal.fire()
 
     def append(self, chunk: bytes) -> None:
@@ -256,27 +259,35 @@ class Flight:
         with self.lock:
             if self.state is not State.OPEN:
                 return
-            replay = self.replay
-            if chunks:
-                for chunk in chunks:
-                    replay.append(chunk)
-            replay.complete = True
-            if self.head is None:
-                self.head = head
-            self.upstream_response = response
+            self._take(head, chunks, response)
+            self.replay.complete = True
             self._end(State.DONE)
         self.table.finished(self)
 
     def take_upstream_response(self) -> object:
-        """The upstream Response object of a buffered body, once (for the leader)."""
+        """The upstream Response object, once: the leader's caller gets it as its own."""
         with self.lock:
             response, self.upstream_response = self.upstream_response, None
             return response
 
-    def fail(self, error: BaseException) -> None:
+    def fail(
+        self,
+        error: BaseException,
+        head: Head | None = None,
+        chunks: list[bytes] | None = None,
+        response: object = None,
+    ) -> None:
+        """The upstream call failed with *error*: before its *head*, or part-way through
+        the body (a buffered one brings its *head* and the *chunks* read before it).
+
+        Callers see the head and read up to the failure, as alone they would have; the
+        error surfaces where it would have alone, raised as it is for the leader's caller.
+        """
         with self.lock:
             if self.state is not State.OPEN:
                 return
+            if head is not None:
+                self._take(head, chunks, response)
             self.error = error
             self._end(State.DONE)
         logger.debug("flight %s failed: %s", self.id, type(error).__name__)
@@ -326,6 +337,14 @@ class Flight:
         self.pump_waiting = False
         self.table.discard(self)
         self.signal.fire()
+
+    def _take(self, head: Head, chunks: list[bytes] | None, response: object) -> None:
+        if chunks:
+            for chunk in chunks:
+                self.replay.append(chunk)
+        if self.head is None:
+            self.head = head
+            self.upstream_response = response
 
     def _release(self) -> None:
         if self.seats:

@@ -8,12 +8,13 @@ built from the module that built the caller's request.
 from __future__ import annotations
 
 import importlib
+import sys
 import threading
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-__all__ = ["Library", "library_of"]
+__all__ = ["Library", "library_of", "library_of_transport"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +70,13 @@ def library_of(request: Any) -> Library:
             )
             _libraries[cls] = library
     return library
+
+
+def library_of_transport(transport: Any) -> str | None:
+    """``"httpx"`` or ``"httpx2"`` if *transport* is one of that library's transports;
+    None for any other object (duck-typed transports serve whichever calls them)."""
+    for name in ("httpx", "httpx2"):
+        module = sys.modules.get(name)
+        if module is not None and isinstance(transport, (module.BaseTransport, module.AsyncBaseTransport)):
+            return name
+    return None

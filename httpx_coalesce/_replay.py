@@ -28,7 +28,7 @@ class Head:
     flight asks several times, and every scan lower-cases each name again.
     """
 
-    __slots__ = ("_asked", "_built", "headers", "http_version", "reason_phrase", "status")
+    __slots__ = ("_asked", "_built", "_shared", "headers", "http_version", "reason_phrase", "status")
 
     def __init__(
         self,
@@ -42,7 +42,8 @@ class Head:
         self.http_version = http_version
         self.reason_phrase = reason_phrase
         self._asked: dict[bytes, bytes] | None = None
-        self._built: dict[str, Any] = {}
+        self._built: dict[tuple[str, bool], Any] = {}
+        self._shared: tuple[tuple[bytes, bytes], ...] | None = None
 
     @classmethod
     def of(cls, response: Any) -> Head:
@@ -57,16 +58,34 @@ class Head:
     def __repr__(self) -> str:
         return f"Head(status={self.status}, headers={len(self.headers)})"
 
-    def headers_in(self, module: Any) -> Any:
-        """The headers as *module*'s (httpx or httpx2) ``Headers``, built once.
+    @property
+    def shared_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The headers every caller may get: all but ``Set-Cookie``.
+
+        A cookie is issued to the caller whose request was sent, never to the others
+        (as request-collapsing caches do): it may carry a session of that caller's own.
+        """
+        shared = self._shared
+        if shared is None:
+            if self.header(b"set-cookie") is None and self.header(b"set-cookie2") is None:
+                shared = self.headers
+            else:
+                shared = tuple(pair for pair in self.headers if pair[0].lower() not in _COOKIES)
+            self._shared = shared
+        return shared
+
+    def headers_in(self, module: Any, leader: bool = False) -> Any:
+        """The headers as *module*'s (httpx or httpx2) ``Headers``, built once: all of
+        them for the *leader*, the shared ones for everyone else.
 
         Every caller's Response copies them from this one (a list copy), where building
         them from the raw pairs checks and normalises every header again, per caller.
         Nobody may change the object returned.
         """
-        built = self._built.get(module.__name__)
+        built = self._built.get((module.__name__, leader))
         if built is None:
-            built = self._built[module.__name__] = module.Headers(list(self.headers))
+            pairs = self.headers if leader else self.shared_headers
+            built = self._built[(module.__name__, leader)] = module.Headers(list(pairs))
         return built
 
     def header(self, name: bytes) -> bytes | None:
@@ -98,7 +117,8 @@ class Head:
 
 
 #: The response headers the flight asks about (content handling, the window's rules).
-_ASKED = frozenset({b"content-type", b"content-length", b"set-cookie", b"cache-control"})
+_ASKED = frozenset({b"content-type", b"content-length", b"set-cookie", b"set-cookie2", b"cache-control"})
+_COOKIES = frozenset({b"set-cookie", b"set-cookie2"})
 
 
 class Replay:

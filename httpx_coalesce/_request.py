@@ -1,23 +1,20 @@
 """The request side: may this request coalesce, and what are its key's parts?
 
-A streamed request body is read only up to the request limit. Whatever was read is
-put back in front of the rest, so a request that passes through loses no byte.
+A request body that is not already in memory is never read here: the request reaches
+the inner transport as the caller made it (see ``body_in_memory``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from ._key import RequestParts
-from ._library import Library
 
 __all__ = [
     "OPT_OUT_VALUES",
     "Inspection",
+    "body_in_memory",
     "inspect",
-    "read_body_async",
-    "read_body_sync",
     "request_parts",
     "url_parts",
 ]
@@ -115,64 +112,10 @@ def _host(value: bytes, scheme: str) -> bytes:
     return host
 
 
-def read_body_sync(request: Any, limit: int, library: Library) -> bytes | None:
-    """The request body, or None (put back untouched) if it is longer than *limit*."""
-    if hasattr(request, "_content"):
-        return request.content  # type: ignore[no-any-return]
-    chunks: list[bytes] = []
-    size = 0
-    iterator = iter(request.stream)
-    for chunk in iterator:
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            request.stream = library.stream_class(_SyncPrefixed, is_async=False)(chunks, iterator)
-            return None
-    return _keep(request, b"".join(chunks), library)
-
-
-async def read_body_async(request: Any, limit: int, library: Library) -> bytes | None:
-    """The request body, or None (put back untouched) if it is longer than *limit*."""
-    if hasattr(request, "_content"):
-        return request.content  # type: ignore[no-any-return]
-    chunks: list[bytes] = []
-    size = 0
-    iterator = request.stream.__aiter__()
-    async for chunk in iterator:
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            request.stream = library.stream_class(_AsyncPrefixed, is_async=True)(chunks, iterator)
-            return None
-    return _keep(request, b"".join(chunks), library)
-
-
-def _keep(request: Any, body: bytes, library: Library) -> bytes:
-    # As Request.read() does: the body is now in memory and can be sent again.
-    request._content = body
-    request.stream = library.module.ByteStream(body)
-    return body
-
-
-class _SyncPrefixed:
-    """The chunks already read, then the rest of the original stream."""
-
-    def __init__(self, head: list[bytes], rest: Iterator[bytes]) -> None:
-        self._head = head
-        self._rest = rest
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self._head
-        yield from self._rest
-
-
-class _AsyncPrefixed:
-    def __init__(self, head: list[bytes], rest: AsyncIterator[bytes]) -> None:
-        self._head = head
-        self._rest = rest
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self._head:
-            yield chunk
-        async for chunk in self._rest:
-            yield chunk
+def body_in_memory(request: Any) -> bytes | None:
+    """The request's body if it is in memory (bytes, text, JSON, form data, or a stream
+    the caller already read); None for one that is still a stream (a generator, a file,
+    multipart files), which is left as it is."""
+    # httpx and httpx2 keep a body that is in memory as ``_content``; ``.content``
+    # raises for one that is not, and an exception per request costs more.
+    return getattr(request, "_content", None)

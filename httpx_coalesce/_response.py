@@ -20,7 +20,7 @@ from ._library import Library
 from ._replay import Head
 from ._tasks import start_janitor
 
-__all__ = ["CoalesceInfo", "build_response", "fresh_error"]
+__all__ = ["CoalesceInfo", "build_response", "caller_error", "fresh_error"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,13 +37,29 @@ class CoalesceInfo:
     from_window: bool = False
 
 
-def fresh_error(template: BaseException, request: Any, library: Library) -> BaseException:
-    """A new exception like *template*, tied to *request*, in *request*'s library.
+def fresh_error(
+    template: BaseException, request: Any, library: Library, mid_body: bool = False
+) -> BaseException:
+    """A new exception like *template*, tied to *request*, in *request*'s library, with
+    *template* (the real failure, traceback and all) as its cause.
 
     One exception object raised in many tasks would share (and grow) one traceback, and
-    an SDK inspecting ``error.request`` must see its own request.
+    an SDK inspecting ``error.request`` must see its own request. The original is the
+    leader's caller's alone: it is raised there, as it would have been without us.
     """
     cls = type(template)
+    if not isinstance(template, Exception):
+        # KeyboardInterrupt, SystemExit, a framework's abort, a CancelledError from
+        # below: it ended the leader's call, but it is not this caller's to raise. The
+        # caller gets a transport error, which its SDK's own retry policy handles as it
+        # would a dropped connection; the transport itself never sends again.
+        cls = library.module.ReadError if mid_body else library.module.TransportError
+        error: BaseException = cls(
+            f"the shared upstream call was stopped by {type(template).__name__} in the caller that sent it",
+            request=request,
+        )
+        error.__cause__ = template
+        return error
     if not issubclass(cls, library.RequestError) and cls.__module__.startswith(("httpx", "httpcore")):
         # The flight's leader came from the other library: same error, this library's class.
         cls = getattr(library.module, cls.__name__, library.module.TransportError)
@@ -55,10 +71,19 @@ def fresh_error(template: BaseException, request: Any, library: Library) -> Base
     else:
         error = cls(str(template))
     error.__traceback__ = None
-    error.__cause__ = error.__context__ = None
+    error.__context__ = None
+    error.__cause__ = template
     if isinstance(error, library.RequestError):
         error.request = request  # type: ignore[attr-defined]
     return error
+
+
+def caller_error(template: BaseException, leader: bool, request: Any, library: Library) -> BaseException:
+    """What a caller raises for its flight's failure: the leader's caller, whose request
+    was sent, the failure itself; everyone else a fresh one caused by it."""
+    if leader:
+        return template
+    return fresh_error(template, request, library)
 
 
 class _SeatStream:
@@ -90,7 +115,9 @@ class _SeatStream:
         if isinstance(template, Abandoned):
             error: BaseException = self._library.module.ReadError(str(template), request=self._request)
             return error
-        return fresh_error(template, self._request, self._library)
+        if self._seat.leader:
+            return template
+        return fresh_error(template, self._request, self._library, mid_body=True)
 
 
 class _AsyncSeatStream(_SeatStream):
@@ -186,28 +213,27 @@ def build_response(library: Library, seat: Seat, head: Head, request: Any, is_as
         # The body is all here (the usual case: a buffered response): the caller needs
         # no seat to read it, only the one shared bytes object.
         seat.leave()
-        if seat.leader:
-            upstream = flight.take_upstream_response()
-            if (
-                isinstance(upstream, library.Response)
-                and not upstream.is_stream_consumed
-                and not upstream.is_closed
-            ):
-                # The leader's own request was the one sent: it gets the very response
-                # its transport made (cheaper than a copy), reading the shared body. (A
-                # response its transport already read, as MockTransport's are, cannot be
-                # streamed again: it gets a copy like everyone, which can.)
-                upstream.stream = library.stream_class(_BodyStream, is_async)(body)
-                upstream.extensions.pop("network_stream", None)  # its connection is gone
-                upstream.extensions["coalesce"] = info
-                return upstream
         stream = library.stream_class(_BodyStream, is_async)(body)
     else:
         cls = library.stream_class(_AsyncSeatStream if is_async else _SyncSeatStream, is_async)
         stream = cls(seat, request, library)
+    if seat.leader:
+        upstream = flight.take_upstream_response()
+        if (
+            isinstance(upstream, library.Response)
+            and not upstream.is_stream_consumed
+            and not upstream.is_closed
+        ):
+            # The leader's own request was the one sent: it gets the very response its
+            # transport made (headers, extensions and all, as alone), reading the shared
+            # body. (A response its transport already read, as MockTransport's are,
+            # cannot be streamed again: it gets a copy like everyone, which can.)
+            upstream.stream = stream
+            upstream.extensions["coalesce"] = info
+            return upstream
     return library.Response(
         head.status,
-        headers=head.headers_in(library.module),
+        headers=head.headers_in(library.module, seat.leader),
         stream=stream,
         request=request,
         extensions=extensions(head, info),

@@ -15,7 +15,9 @@ on both backends), or, for threads, to one janitor thread fed by a ``SimpleQueue
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import math
 import os
 import queue
 import threading
@@ -25,7 +27,15 @@ from typing import Any
 
 from ._signal import AsyncioSignal, AsyncSignal, TrioSignal
 
-__all__ = ["Chore", "current_loop", "later_in_janitor", "running_loop", "spawn_detached", "start_janitor"]
+__all__ = [
+    "Chore",
+    "cancelled_from_outside",
+    "current_loop",
+    "later_in_janitor",
+    "running_loop",
+    "spawn_detached",
+    "start_janitor",
+]
 
 logger = logging.getLogger("httpx_coalesce")
 
@@ -120,5 +130,31 @@ def _spawn_trio(job: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], ob
         with scope:
             await job()
 
-    trio.lowlevel.spawn_system_task(run)
+    # A system task runs in the context trio starts it with, not its spawner's (an
+    # asyncio task copies its creator's): the upstream call must see the leader's.
+    trio.lowlevel.spawn_system_task(run, context=contextvars.copy_context())
     return scope.cancel
+
+
+def cancelled_from_outside(error: BaseException) -> bool:
+    """Whether *error*, caught in the current task, is that task being cancelled, as
+    opposed to a ``CancelledError`` or ``Cancelled`` that code below raised on its own.
+
+    Only the first may propagate: it is how the task ends. The second is a failure
+    like any other and must reach the flight's callers.
+    """
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        task = None
+    if task is not None:
+        if not isinstance(error, asyncio.CancelledError):
+            return False
+        cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+        return cancelling is None or cancelling() > 0
+    import trio
+
+    if not isinstance(error, trio.Cancelled):
+        return False
+    # Inside a scope that was cancelled, checkpoints report a deadline of -inf.
+    return bool(trio.current_effective_deadline() == -math.inf)

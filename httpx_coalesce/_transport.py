@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
@@ -19,15 +19,15 @@ import httpx
 from ._backend import AsyncSend, Backend, SyncSend
 from ._flight import Abandoned, Flight, FlightTable, Seat
 from ._key import DEFAULT_IGNORED_HEADERS, KeyFunction, KeyRules, is_credential
-from ._library import Library, library_of
+from ._library import Library, library_of, library_of_transport
 from ._limits import Limits
 from ._replay import Head
-from ._request import Inspection, inspect, read_body_async, read_body_sync, request_parts, url_parts
-from ._response import CoalesceInfo, build_body_response, build_response, fresh_error
+from ._request import Inspection, body_in_memory, inspect, request_parts, url_parts
+from ._response import CoalesceInfo, build_body_response, build_response, caller_error
 from ._signal import ThreadSignal
 from ._stats import CoalesceStats, Counters
 from ._tasks import current_loop, running_loop, spawn_detached
-from ._upstream import pump_async, pump_sync
+from ._upstream import lead_sync, pump_async
 from ._usage import MAX_PARSED, tokens_in
 from ._window import Window, WindowEntry, shareable_later
 
@@ -115,7 +115,8 @@ class CoalescingTransport(_Bases):
         self._sync_table = FlightTable(self._limits, self._counters, ThreadSignal, self._finished)
         self._async_tables: weakref.WeakKeyDictionary[object, FlightTable] = weakref.WeakKeyDictionary()
         self._last_async_table: tuple[weakref.ref[asyncio.AbstractEventLoop], FlightTable] | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._body_pumps: concurrent.futures.ThreadPoolExecutor | None = None
+        self._inner_library = library_of_transport(transport)
         self._backend = backend
         if backend is not None:
             backend.bind(self._counters, self._limits)
@@ -128,7 +129,8 @@ class CoalescingTransport(_Bases):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response: ...
     async def handle_async_request(self, request: Any) -> Any:
         library = library_of(request)
-        key = await self._key_async(request, library)
+        self._check_library(library)
+        key = self._key_of(request)
         if key is not None:
             table = self._async_table()
             for attempt in _ATTEMPTS:
@@ -159,6 +161,7 @@ class CoalescingTransport(_Bases):
                     return settled
                 if isinstance(settled, _PassThrough):
                     break
+        self._counters.add("upstream_calls")
         return await self._inner(library, is_async=True).handle_async_request(request)
 
     @overload
@@ -167,7 +170,8 @@ class CoalescingTransport(_Bases):
     def handle_request(self, request: httpx2.Request) -> httpx2.Response: ...
     def handle_request(self, request: Any) -> Any:
         library = library_of(request)
-        key = self._key_sync(request, library)
+        self._check_library(library)
+        key = self._key_of(request)
         if key is not None:
             for attempt in _ATTEMPTS:
                 entered = self._enter(self._sync_table, key, request, library, attempt, is_async=False)
@@ -178,13 +182,9 @@ class CoalescingTransport(_Bases):
                 seat = entered
                 flight = seat.flight
                 if seat.leader:
-                    send = self._sync_sender(library, key)
-                    try:
-                        self._pool().submit(pump_sync, flight, send, request, self._limits)
-                    except RuntimeError:
-                        # No thread to be had (interpreter shutting down, or none left):
-                        # its callers must not wait for an answer that cannot come.
-                        flight.abandon()
+                    # Sent from this very thread, as alone: the inner transport sees this
+                    # caller's thread, its thread-locals and its contextvars.
+                    lead_sync(flight, self._sync_sender(library, key), request, self._limits, self._pump_body)
                 try:
                     outcome = flight.wait(flight.outcome, _head_budget(seat, request))
                 except BaseException:
@@ -195,6 +195,7 @@ class CoalescingTransport(_Bases):
                     return settled
                 if isinstance(settled, _PassThrough):
                     break
+        self._counters.add("upstream_calls")
         return self._inner(library, is_async=False).handle_request(request)
 
     def _enter(
@@ -242,7 +243,7 @@ class CoalescingTransport(_Bases):
                 return _RETRY
             self._counters.bypass("abandoned", new_request=False)
             return _PASS_THROUGH
-        raise fresh_error(outcome, request, library)
+        raise caller_error(outcome, seat.leader, request, library)
 
     # -- seeing what it does ------------------------------------------------------------
 
@@ -277,10 +278,14 @@ class CoalescingTransport(_Bases):
             elif hasattr(inner, "close"):
                 inner.close()
 
+    # The context-manager methods go to the inner transport's own, as an httpx client's
+    # go to its mounted transports: a transport may do more on exit than close.
+
     def __enter__(self) -> CoalescingTransport:
-        enter = getattr(self._transport, "__enter__", None)
-        if enter is not None:
-            enter()
+        for inner in self._inners():
+            enter = getattr(inner, "__enter__", None)
+            if enter is not None:
+                enter()
         return self
 
     def __exit__(
@@ -289,12 +294,20 @@ class CoalescingTransport(_Bases):
         exc_value: BaseException | None = None,
         traceback: TracebackType | None = None,
     ) -> None:
-        self.close()
+        if self._backend is not None:
+            self._backend.close()
+        for inner in self._inners():
+            exit_ = getattr(inner, "__exit__", None)
+            if exit_ is not None:
+                exit_(exc_type, exc_value, traceback)
+            elif hasattr(inner, "close"):
+                inner.close()
 
     async def __aenter__(self) -> CoalescingTransport:
-        aenter = getattr(self._transport, "__aenter__", None)
-        if aenter is not None:
-            await aenter()
+        for inner in self._inners():
+            aenter = getattr(inner, "__aenter__", None)
+            if aenter is not None:
+                await aenter()
         return self
 
     async def __aexit__(
@@ -303,29 +316,33 @@ class CoalescingTransport(_Bases):
         exc_value: BaseException | None = None,
         traceback: TracebackType | None = None,
     ) -> None:
-        await self.aclose()
+        if self._backend is not None:
+            await self._backend.aclose()
+        for inner in self._inners():
+            aexit = getattr(inner, "__aexit__", None)
+            if aexit is not None:
+                await aexit(exc_type, exc_value, traceback)
+            elif hasattr(inner, "aclose"):
+                await inner.aclose()
+            elif hasattr(inner, "close"):
+                inner.close()
 
     # -- internals ----------------------------------------------------------------------
 
-    def _key_sync(self, request: Any, library: Library) -> str | None:
+    def _key_of(self, request: Any) -> str | None:
+        """The request's key, or None (counted as bypassed) if it must pass through."""
         inspection = inspect(request, self._methods, self._opt_out_header)
         reason = inspection.reason
         if reason is None:
-            body = read_body_sync(request, self._limits.max_request_bytes, library)
-            if body is not None:
+            body = body_in_memory(request)
+            if body is None:
+                # Reading a body the caller streams would change what the inner transport
+                # gets: a one-shot body made replayable, a file moved. It goes as it is.
+                reason = "streamed_body"
+            elif len(body) > self._limits.max_request_bytes:
+                reason = "body_too_large"
+            else:
                 return self._key(request, inspection, body)
-            reason = "body_too_large"
-        self._counters.bypass(reason)
-        return None
-
-    async def _key_async(self, request: Any, library: Library) -> str | None:
-        inspection = inspect(request, self._methods, self._opt_out_header)
-        reason = inspection.reason
-        if reason is None:
-            body = await read_body_async(request, self._limits.max_request_bytes, library)
-            if body is not None:
-                return self._key(request, inspection, body)
-            reason = "body_too_large"
         self._counters.bypass(reason)
         return None
 
@@ -405,14 +422,35 @@ class CoalescingTransport(_Bases):
             self._last_async_table = (weakref.ref(loop), table)
         return table
 
-    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._executor is None:
+    def _pump_body(self, job: Callable[[], None]) -> None:
+        """Run *job* (a live body's pump) in a worker thread.
+
+        (Not ``_pool``: tools and SDK test helpers read that name on httpx transports.)
+        """
+        executor = self._body_pumps
+        if executor is None:
             with self._defaults_lock:
-                if self._executor is None:
-                    self._executor = concurrent.futures.ThreadPoolExecutor(
+                executor = self._body_pumps
+                if executor is None:
+                    executor = self._body_pumps = concurrent.futures.ThreadPoolExecutor(
                         max_workers=self._limits.max_flights, thread_name_prefix="httpx-coalesce"
                     )
-        return self._executor
+        try:
+            executor.submit(job)
+        except RuntimeError:
+            # No thread to be had (the interpreter is shutting down): the body is pumped
+            # here, before the leader returns, rather than sent again or lost.
+            job()
+
+    def _check_library(self, library: Library) -> None:
+        """A request of one library cannot go through a transport of the other."""
+        expected = self._inner_library
+        if expected is not None and expected != library.name:
+            raise TypeError(
+                f"CoalescingTransport: a {library.name} client cannot send through an inner "
+                f"{expected} transport ({type(self._transport).__name__}); give it a {library.name} "
+                f"transport, such as {library.name}.AsyncHTTPTransport() or {library.name}.HTTPTransport()"
+            )
 
     def _from_window(self, key: str, request: Any, library: Library, is_async: bool) -> Any:
         entry = self._window.get(key)

@@ -1,15 +1,22 @@
 """The upstream side of a flight: send the leader's request, pump the answer in.
 
-The pump runs apart from every caller (a detached task, or a worker thread), so a
-caller that goes away, leader included, takes nothing from the others. It reads the
-upstream body as fast as it arrives, whatever the readers do, until the slowest
-reader lags a whole body limit behind.
+Where the request is sent decides what the inner transport sees of its caller, so it
+is sent in the leader's own context: on an event loop, from a detached task started
+with the leader's ``contextvars`` (a task that outlives any one caller's
+cancellation); for threads, from the leader's own thread, which blocks on the call as
+it would alone. A live body is then pumped apart from every caller (the same task, or
+a worker thread carrying the leader's ``contextvars``) as fast as it arrives, whatever
+the readers do, until the slowest reader lags a whole body limit behind.
 
-The two pumps are the same steps, once with ``await`` and once without.
+Whatever stops the upstream call, other than a caller-side cancellation, ends up in the
+flight, never in the event loop or a worker thread: the flight hands it to the leader's
+caller as it was and to everyone else as an error of their own (see ``_response``).
 """
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,102 +26,160 @@ import anyio
 from ._flight import Flight
 from ._limits import Limits
 from ._replay import Head
+from ._tasks import cancelled_from_outside
 
-__all__ = ["is_buffered", "pump_async", "pump_sync"]
+__all__ = ["SMALL_BODY_BYTES", "is_buffered", "lead_sync", "pump_async"]
+
+logger = logging.getLogger("httpx_coalesce")
 
 # Statuses whose responses carry no body, whatever their headers say.
 _BODILESS = frozenset({204, 304})
+
+#: A body of known length up to this is read whole before its headers are handed out.
+#: It comes in the same flight of packets as its headers (a TCP initial window is ten
+#: segments, ~14 KB; one HTTP/2 DATA frame is 16 KiB by default), so waiting for it
+#: adds no round trip, and every caller then shares one bytes object. Anything longer
+#: is handed out as soon as its headers arrive, as it would be alone.
+SMALL_BODY_BYTES = 16 * 1024
 
 
 def is_buffered(head: Head, method: str, limits: Limits) -> bool:
     """Whether to hand the response out only once its body is complete.
 
-    A body of known, bounded length that is not an event stream arrives in one go, so
-    waiting for it costs nothing and lets every caller share one bytes object. The rest
-    (event streams, chunked bodies, long downloads) fans out live.
+    Only a body too small for the wait to be noticed (see ``SMALL_BODY_BYTES``) that
+    is not an event stream. The rest (event streams, chunked bodies, downloads) fans
+    out live.
     """
     if method == "HEAD" or head.status in _BODILESS or head.status < 200:
         return True
     if head.is_event_stream():
         return False
     length = head.content_length()
-    return length is not None and length <= limits.max_body_bytes
+    return length is not None and length <= min(SMALL_BODY_BYTES, limits.max_body_bytes)
 
 
 async def pump_async(
     flight: Flight, send: Callable[[Any], Awaitable[Any]], request: Any, limits: Limits
 ) -> None:
     """Run in a detached task; cancelled (natively) when the last caller leaves."""
-    stream = None
+    response = head = stream = None
+    chunks: list[bytes] | None = None
     try:
-        try:
-            response = await send(request)
-        except Exception as error:
-            flight.fail(error)
-            return
-        # Kept apart from the Response, which a buffered flight hands on to its leader
-        # (see Flight.finish) with a stream of its own.
+        response = await send(request)
+        # Kept apart from the Response, which the flight hands on to its leader with a
+        # stream of its own.
         stream = response.stream
         head = Head.of(response)
         if is_buffered(head, request.method, limits):
             # Nobody reads a buffered body before it is whole: gather it without taking
             # the lock or waking anyone per chunk.
-            flight.finish(head, [chunk async for chunk in stream], response)
+            chunks = []
+            async for chunk in stream:
+                chunks.append(chunk)
+            flight.finish(head, chunks, response)
         else:
-            flight.publish(head)
+            flight.publish(head, response)
+            # The leader's caller reads through that Response now: holding it here would
+            # keep its stream from being collected (and leaving) if the caller drops it.
+            response = None
             async for chunk in stream:
                 if chunk:
                     flight.append(chunk)
                     await flight.wait_async(flight.pump_may_go_on)
             flight.finish(head)
-    except Exception as error:
-        flight.fail(error)
-    except BaseException:
-        # Cancelled: close the upstream response all the same (shielded, or trio would
-        # cancel the close too), so its connection goes back to the pool or away.
-        if stream is not None:
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
-            stream = None
-        raise
+    except BaseException as error:
+        if not cancelled_from_outside(error):
+            # An upstream error, or a BaseException raised from below (a KeyboardInterrupt,
+            # a framework's abort, a CancelledError the transport raised itself): the
+            # flight's to hand out. Raised here it would end the task, the loop, or on
+            # trio the whole run, and reach no caller.
+            flight.fail(error, head, chunks, response)
+        else:
+            # Cancelled: close the upstream response all the same (shielded, or trio would
+            # cancel the close too), so its connection goes back to the pool or away.
+            if stream is not None:
+                with anyio.CancelScope(shield=True):
+                    await _close_async(stream)
+                stream = None
+            raise
     finally:
-        # Cancelled by the last caller leaving, or stopped by something that is not an
-        # upstream error: either way no waiter may be left waiting.
+        # Stopped by something that is not an upstream error: no waiter may be left waiting.
         flight.abandon()
         if stream is not None:
-            await stream.aclose()
+            await _close_async(stream)
 
 
-def pump_sync(flight: Flight, send: Callable[[Any], Any], request: Any, limits: Limits) -> None:
-    stop = threading.Event()
+def lead_sync(
+    flight: Flight,
+    send: Callable[[Any], Any],
+    request: Any,
+    limits: Limits,
+    start_thread: Callable[[Callable[[], None]], None],
+) -> None:
+    """Send *request* from the leader's own thread, which blocks on it as it would alone.
+
+    A buffered body is read here too (it is small); a live one is handed to a worker
+    thread through *start_thread*, carrying this thread's ``contextvars``, so the leader
+    returns with the headers and reads at its own pace like every other caller.
+    """
+    response = head = stream = None
+    chunks: list[bytes] | None = None
+    pumped_elsewhere = False
     try:
-        if not flight.set_canceller(stop.set):
-            return
-        try:
-            response = send(request)
-        except Exception as error:
-            flight.fail(error)
-            return
-        stream = response.stream  # see pump_async
-        try:
+        response = send(request)
+        stream = response.stream
+        head = Head.of(response)
+        if is_buffered(head, request.method, limits):
+            chunks = []
+            for chunk in stream:
+                chunks.append(chunk)
+            flight.finish(head, chunks, response)
+        else:
+            stop = threading.Event()
+            if flight.set_canceller(stop.set):
+                flight.publish(head, response)
+                context = contextvars.copy_context()
+                start_thread(lambda: context.run(_pump_sync, flight, stream, head, stop))
+                pumped_elsewhere = True  # the stream and the flight's end are the worker's now
+    except BaseException as error:
+        # In the leader's thread: the leader raises it itself (see Flight.fail).
+        flight.fail(error, head, chunks, response)
+    finally:
+        if not pumped_elsewhere:
+            flight.abandon()
+            if stream is not None:
+                _close_sync(stream)
+
+
+def _pump_sync(flight: Flight, stream: Any, head: Head, stop: threading.Event) -> None:
+    """A live body, in a worker thread."""
+    try:
+        for chunk in stream:
+            # A thread cannot be interrupted mid-read; it stops at the next chunk.
             if stop.is_set():
                 return
-            head = Head.of(response)
-            if is_buffered(head, request.method, limits):
-                flight.finish(head, list(stream), response)
-                return
-            flight.publish(head)
-            for chunk in stream:
-                # A thread cannot be interrupted mid-read; it stops at the next chunk.
-                if stop.is_set():
-                    return
-                if chunk:
-                    flight.append(chunk)
-                    flight.wait(flight.pump_may_go_on)
-            flight.finish(head)
-        except Exception as error:
-            flight.fail(error)
-        finally:
-            stream.close()
+            if chunk:
+                flight.append(chunk)
+                flight.wait(flight.pump_may_go_on)
+        flight.finish(head)
+    except BaseException as error:
+        # Whatever it is, a worker thread is no place for it: the readers get it.
+        flight.fail(error)
     finally:
         flight.abandon()
+        _close_sync(stream)
+
+
+async def _close_async(stream: Any) -> None:
+    try:
+        await stream.aclose()
+    except Exception:
+        # Nobody is left to tell: the body's readers already have their answer.
+        logger.debug("closing an upstream response failed", exc_info=True)
+
+
+def _close_sync(stream: Any) -> None:
+    try:
+        stream.close()
+    except Exception:
+        logger.debug("closing an upstream response failed", exc_info=True)

@@ -61,9 +61,11 @@ class UpstreamFailure:
 
 
 def head_record(head: Head) -> Record:
+    # Followers in other processes get what local followers get: no Set-Cookie, which
+    # is the leader's caller's alone (and so never stored in Redis).
     document = {
         "s": head.status,
-        "h": [[name.decode("latin-1"), value.decode("latin-1")] for name, value in head.headers],
+        "h": [[name.decode("latin-1"), value.decode("latin-1")] for name, value in head.shared_headers],
         "v": None if head.http_version is None else head.http_version.decode("latin-1"),
         "r": None if head.reason_phrase is None else head.reason_phrase.decode("latin-1"),
     }
