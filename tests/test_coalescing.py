@@ -13,7 +13,7 @@ import anyio
 import orjson
 import pytest
 
-from httpx_coalesce import CoalesceInfo, CoalescingTransport, Limits
+from httpx_coalesce import CoalescingTransport, Limits
 
 from .conftest import until
 from .upstream import Upstream
@@ -391,7 +391,8 @@ async def test_streamed_request_body_passes_through_unread(
         response = await client.send(request)
     assert response.json()["body_sha"] == hashlib.sha256(body).hexdigest()
     assert "coalesce" not in response.extensions
-    assert response.request is request and request.stream is sent_stream
+    assert response.request is request
+    assert request.stream is sent_stream
     assert not hasattr(request, "_content")
     stats = transport.stats()
     assert (dict(stats.bypassed), stats.upstream_calls) == ({"streamed_body": 1}, 1)
