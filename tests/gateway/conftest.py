@@ -1,0 +1,171 @@
+"""The real gateway, as a process on loopback, in front of counting upstreams.
+
+One gateway process serves most tests (starting one costs about a second): it routes
+``/fake`` to the OpenAI-shaped fake API, ``/up`` to the tests' counting upstream, and
+``/dead`` to a port nobody listens on. Tests that need other flags start their own.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from httpx_coalesce._demo.fake_api import FakeLLMAPI
+from httpx_coalesce._demo.server import LocalServer
+
+from ..upstream import Upstream
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class GatewayProcess:
+    """``python -m httpx_coalesce.gateway._cli ARGS`` on a free port, ready once /healthz answers."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 30.0) -> None:
+        self.port = free_port()
+        # Closed in stop(), with the process whose standard error it holds.
+        self._log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "httpx_coalesce.gateway._cli", "--port", str(self.port), *args],
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.popen.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"gateway never answered /healthz:\n{self.log()}")
+            time.sleep(0.02)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample of one scrape, by name and labels: ``name{label=value,...}``."""
+        text = httpx.get(self.url + "/metrics", timeout=5).text
+        samples: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f"{name}={value}" for name, value in sorted(sample.labels.items()) if value)
+                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return samples
+
+    def waiters(self) -> int:
+        return int(self.metrics()["httpx_coalesce_waiters_active"])
+
+    def log(self) -> str:
+        self._log.seek(0)
+        return self._log.read().decode("utf-8", "replace")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+    def close(self) -> None:
+        self.stop()
+        self._log.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Wait for a condition another process brings about (tests wait on states, not times)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition never held")
+        time.sleep(0.005)
+
+
+@pytest.fixture(scope="session")
+def fake_api_server() -> Iterator[tuple[FakeLLMAPI, LocalServer]]:
+    api = FakeLLMAPI()
+    with LocalServer(api.app, on_stop=api.close) as server:
+        yield api, server
+
+
+@pytest.fixture
+def fake_api(fake_api_server: tuple[FakeLLMAPI, LocalServer]) -> Iterator[FakeLLMAPI]:
+    api, _ = fake_api_server
+    api.reset()
+    api.hold = None
+    api.gate = None
+    yield api
+    # Nothing a test left closed may hold the next one.
+    for event in (api.hold, api.gate):
+        if event is not None:
+            event.set()
+    api.hold = None
+    api.gate = None
+
+
+@pytest.fixture(scope="session")
+def dead_url() -> str:
+    """A loopback port that refuses connections."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    fake_api_server: tuple[FakeLLMAPI, LocalServer],
+    _upstream_server: tuple[Upstream, LocalServer],
+    dead_url: str,
+) -> Iterator[GatewayProcess]:
+    process = GatewayProcess(
+        "--route",
+        f"/fake={fake_api_server[1].url}",
+        "--route",
+        f"/up={_upstream_server[1].url}",
+        "--route",
+        f"/dead={dead_url}",
+        "--max-request-body",
+        "65536",
+    )
+    yield process
+    process.close()
+
+
+@pytest.fixture
+def start_gateway() -> Iterator[Callable[..., GatewayProcess]]:
+    """Gateways with flags of their own, stopped after the test."""
+    started: list[GatewayProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> GatewayProcess:
+        process = GatewayProcess(*args, env=env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.close()
