@@ -11,6 +11,7 @@ With several workers, each answers for itself: a scrape sees the worker it reach
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -70,6 +71,10 @@ class _StatsCollector(Collector):
         yield GaugeMetricFamily(
             "httpx_coalesce_waiters_active", "Callers attached to flights now.", value=stats.waiters
         )
+        # Which worker answered this scrape: with --workers, each answers for itself.
+        worker = GaugeMetricFamily("httpx_coalesce_gateway_worker", "The process that answered.", labels=["pid"])
+        worker.add_metric([str(os.getpid())], 1)
+        yield worker
 
 
 class Metrics:
