@@ -22,7 +22,10 @@ Every API response carries ``x-fake-hit: N`` (the hit that produced it) and ``x-
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/responses``, ``POST /v1/embeddings``,
 ``POST /v1/messages``, ``GET /v1/models`` (Anthropic shape when the request has ``anthropic-version``), and
-``GET /health`` (plain ``ok``; not counted as a hit).
+``GET /health`` (plain ``ok``; not counted as a hit). For the SDK recipes' tests, three more dialects of chat:
+``POST /openai/v1/chat/completions`` (Groq's path for the OpenAI shape), ``POST /v2/chat`` (Cohere's v2 chat,
+buffered or SSE) and ``POST /v1/models/{model}:generateContent`` / ``:streamGenerateContent?alt=sse``
+(Gemini's, under ``/v1beta`` too). Their error bodies are in the OpenAI shape.
 """
 
 from __future__ import annotations
@@ -545,6 +548,10 @@ class FakeLLMAPI:
                 Route("/v1/responses", self._responses, methods=["POST"]),
                 Route("/v1/embeddings", self._embeddings, methods=["POST"]),
                 Route("/v1/messages", self._messages, methods=["POST"]),
+                Route("/openai/v1/chat/completions", self._chat_completions, methods=["POST"]),
+                Route("/v2/chat", self._cohere_chat, methods=["POST"]),
+                Route("/v1/models/{target}", self._gemini, methods=["POST"]),
+                Route("/v1beta/models/{target}", self._gemini, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
                 Route("/health", self._health, methods=["GET"]),
             ]
@@ -735,7 +742,9 @@ class FakeLLMAPI:
                     status = queue.popleft()
         return hit, status, headers
 
-    async def _accept(self, request: Request, flavour: Flavour) -> _Call | Response:
+    async def _accept(
+        self, request: Request, flavour: Flavour, seed_path: str | None = None
+    ) -> _Call | Response:
         """Count, delay, apply injected errors and parse the body: a ready call or an error response."""
         raw = await request.body()
         hit, status, headers = self._count(request, raw)
@@ -780,7 +789,9 @@ class FakeLLMAPI:
         # stream/stream_options change the framing, not the answer, so they stay out of the seed.
         seed_source = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
         seed = hashlib.sha256(
-            request.url.path.encode() + b"\0" + orjson.dumps(seed_source, option=orjson.OPT_SORT_KEYS)
+            (seed_path or request.url.path).encode()
+            + b"\0"
+            + orjson.dumps(seed_source, option=orjson.OPT_SORT_KEYS)
         ).digest()
         return _Call(hit=hit, body=body, seed=seed, account=account)
 
@@ -1203,6 +1214,101 @@ class FakeLLMAPI:
             ),
             _sse_event("message_stop", {"type": "message_stop"}),
         ]
+        return self._stream(call, events)
+
+    async def _cohere_chat(self, request: Request) -> Response:
+        call = await self._accept(request, "openai")
+        if isinstance(call, Response):
+            return call
+        body = call.body
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return self._error(400, "openai", call.hit, "messages: field required")
+        model = str(body.get("model") or "command-a-03-2025")
+        words = _answer_pieces(call, self._n_chunks(body, "max_tokens"))
+        input_tokens = _prompt_tokens(
+            _text_of(m.get("content")) if isinstance(m, dict) else "" for m in messages
+        )
+        self._bill(call, model, input_tokens, len(words))
+        tokens = {"input_tokens": input_tokens, "output_tokens": len(words)}
+        usage = {"billed_units": tokens, "tokens": tokens}
+        answer_id = f"cohere-fake{call.suffix}"
+        if body.get("stream") is not True:
+            answer = {
+                "id": answer_id,
+                "finish_reason": "COMPLETE",
+                "message": {"role": "assistant", "content": [{"type": "text", "text": "".join(words)}]},
+                "usage": usage,
+            }
+            return _json_response(answer, headers=self._answer_headers(call.hit))
+
+        def event(kind: str, payload: JSONObject) -> bytes:
+            return _sse_event(kind, {"type": kind, **payload})
+
+        events = [
+            event("message-start", {"id": answer_id, "delta": {"message": {"role": "assistant"}}}),
+            event(
+                "content-start", {"index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}}
+            ),
+        ]
+        events += [
+            event("content-delta", {"index": 0, "delta": {"message": {"content": {"text": word}}}})
+            for word in words
+        ]
+        events += [
+            event("content-end", {"index": 0}),
+            event("message-end", {"delta": {"finish_reason": "COMPLETE", "usage": usage}}),
+        ]
+        return self._stream(call, events)
+
+    async def _gemini(self, request: Request) -> Response:
+        model, _, method = request.path_params["target"].partition(":")
+        if method not in ("generateContent", "streamGenerateContent"):
+            return PlainTextResponse("Not Found", status_code=404)
+        # The streamed and the buffered call of one request get the same answer, as with the other shapes.
+        call = await self._accept(request, "openai", seed_path=f"/models/{model}:generateContent")
+        if isinstance(call, Response):
+            return call
+        body = call.body
+        contents = body.get("contents")
+        if not isinstance(contents, list) or not contents:
+            return self._error(400, "openai", call.hit, "contents is not specified")
+        texts = [_text_of(c.get("parts")) if isinstance(c, dict) else "" for c in contents]
+        system = body.get("systemInstruction")
+        if isinstance(system, dict):
+            texts.append(_text_of(system.get("parts")))
+        config = body.get("generationConfig")
+        words = _answer_pieces(
+            call, self._n_chunks(config if isinstance(config, dict) else {}, "maxOutputTokens")
+        )
+        input_tokens = _prompt_tokens(texts)
+        self._bill(call, model, input_tokens, len(words))
+        usage = {
+            "promptTokenCount": input_tokens,
+            "candidatesTokenCount": len(words),
+            "totalTokenCount": input_tokens + len(words),
+        }
+        response_id = f"gemini-fake{call.suffix}"
+
+        def answer(text: str, finished: bool) -> JSONObject:
+            candidate: JSONObject = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+            if finished:
+                candidate["finishReason"] = "STOP"
+            # The real API reports usage so far on every chunk; the last one holds the totals.
+            return {
+                "candidates": [candidate],
+                "usageMetadata": usage,
+                "modelVersion": model,
+                "responseId": response_id,
+            }
+
+        if method == "generateContent":
+            return _json_response(answer("".join(words), True), headers=self._answer_headers(call.hit))
+        if request.query_params.get("alt") != "sse":
+            return self._error(
+                400, "openai", call.hit, "The fake API streams Gemini answers only with alt=sse."
+            )
+        events = [_sse_data(answer(word, index == len(words) - 1)) for index, word in enumerate(words)]
         return self._stream(call, events)
 
 

@@ -1,0 +1,107 @@
+"""Overlapping identical calls through a real SDK, on conditions rather than on time.
+
+The fake API holds the one upstream call (buffered answers: before answering; streams: after the first
+event) until every caller has joined its flight in the transport; only then does it answer. So a test that
+sees one upstream call for all its callers saw them overlap, and nothing here sleeps to make them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import anyio
+
+from httpx_coalesce import CoalescingTransport
+from httpx_coalesce._demo.fake_api import FakeLLMAPI
+
+from ..conftest import until, until_sync
+
+T = TypeVar("T")
+
+MakeTransport = Callable[..., CoalescingTransport]
+
+#: Identical callers in each test.
+CALLERS = 8
+PROMPT = "What does 'amortization' mean? One sentence."
+
+
+class _Held:
+    def __init__(self, api: FakeLLMAPI, transport: CoalescingTransport, callers: int, stream: bool) -> None:
+        self.api = api
+        self.transport = transport
+        self.callers = callers
+        self.stream = stream
+        self.event = threading.Event()
+        if stream:
+            api.gate = self.event
+        else:
+            api.hold = self.event
+
+    def ready(self) -> bool:
+        stats = self.transport.stats()
+        if (stats.in_flight, stats.waiters) != (1, self.callers):
+            return False
+        return self.stream or self.api.held == 1
+
+    def release(self) -> None:
+        self.api.gate = self.api.hold = None
+        self.event.set()
+
+
+async def overlap(
+    api: FakeLLMAPI,
+    transport: CoalescingTransport,
+    call: Callable[[], Awaitable[T]],
+    *,
+    stream: bool = False,
+    callers: int = CALLERS,
+) -> list[T]:
+    """Run ``callers`` copies of ``call`` as concurrent tasks, answered once all share one flight."""
+    held = _Held(api, transport, callers, stream)
+    results: list[T] = []
+
+    async def one() -> None:
+        results.append(await call())
+
+    try:
+        async with anyio.create_task_group() as group:
+            for _ in range(callers):
+                group.start_soon(one)
+            await until(held.ready)
+            held.release()
+    finally:
+        held.release()
+    return results
+
+
+def overlap_threads(
+    api: FakeLLMAPI,
+    transport: CoalescingTransport,
+    call: Callable[[], T],
+    *,
+    stream: bool = False,
+    callers: int = CALLERS,
+) -> list[T]:
+    """The same with a sync client: each copy of ``call`` in a thread of its own."""
+    held = _Held(api, transport, callers, stream)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=callers) as pool:
+        futures = [pool.submit(call) for _ in range(callers)]
+        try:
+            until_sync(lambda: held.ready() or any(f.done() for f in futures))
+        finally:
+            held.release()
+        return [future.result(timeout=10) for future in futures]
+
+
+def assert_one_upstream_call(
+    api: FakeLLMAPI, transport: CoalescingTransport, path: str, answers: Sequence[str]
+) -> None:
+    """One call reached the API and every caller got the whole of its answer."""
+    assert api.hits_by_path.get(path) == 1, api.hits_by_path
+    assert transport.stats().coalesced == len(answers) - 1, transport.stats()
+    assert len(set(answers)) == 1, answers
+    # The fake ends every answer with a full stop: a caller that has it has the whole answer.
+    assert answers[0].endswith("."), answers[0]

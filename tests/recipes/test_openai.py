@@ -1,0 +1,67 @@
+"""Recipe: OpenAI (``openai`` 3.x, on httpx2). See docs/recipes.md."""
+
+from __future__ import annotations
+
+import httpx2
+import pytest
+from openai import AsyncOpenAI, OpenAI
+
+from httpx_coalesce._demo.fake_api import FakeLLMAPI
+
+from .support import PROMPT, MakeTransport, assert_one_upstream_call, overlap, overlap_threads
+
+pytestmark = pytest.mark.recipes
+
+MODEL = "gpt-4o-mini"
+PATH = "/v1/chat/completions"
+
+
+@pytest.mark.anyio
+async def test_async_calls_share_one_upstream_call(
+    api: FakeLLMAPI, url: str, make_transport: MakeTransport
+) -> None:
+    transport = make_transport()
+    async with AsyncOpenAI(
+        base_url=url + "/v1", api_key="sk-test", http_client=httpx2.AsyncClient(transport=transport)
+    ) as client:
+
+        async def ask() -> str:
+            completion = await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": PROMPT}]
+            )
+            return completion.choices[0].message.content or ""
+
+        assert_one_upstream_call(api, transport, PATH, await overlap(api, transport, ask))
+
+
+@pytest.mark.anyio
+async def test_streams_share_one_upstream_call(
+    api: FakeLLMAPI, url: str, make_transport: MakeTransport
+) -> None:
+    transport = make_transport()
+    async with AsyncOpenAI(
+        base_url=url + "/v1", api_key="sk-test", http_client=httpx2.AsyncClient(transport=transport)
+    ) as client:
+
+        async def stream() -> str:
+            chunks = await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": PROMPT}], stream=True
+            )
+            return "".join([chunk.choices[0].delta.content or "" async for chunk in chunks if chunk.choices])
+
+        assert_one_upstream_call(api, transport, PATH, await overlap(api, transport, stream, stream=True))
+
+
+def test_sync_calls_share_one_upstream_call(api: FakeLLMAPI, url: str, make_transport: MakeTransport) -> None:
+    transport = make_transport()
+    with OpenAI(
+        base_url=url + "/v1", api_key="sk-test", http_client=httpx2.Client(transport=transport)
+    ) as client:
+
+        def ask() -> str:
+            completion = client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": PROMPT}]
+            )
+            return completion.choices[0].message.content or ""
+
+        assert_one_upstream_call(api, transport, PATH, overlap_threads(api, transport, ask))
