@@ -7,8 +7,11 @@ Instructor pins ``jiter`` below what the current OpenAI SDK needs, so pip pairs 
 from __future__ import annotations
 
 import httpx2
-import instructor
 import pytest
+
+pytest.importorskip("instructor", reason="it runs in an environment of its own, see docs/recipes.md")
+
+import instructor
 from openai import AsyncOpenAI, OpenAI
 from pydantic import BaseModel
 
