@@ -28,12 +28,23 @@ def _demo(args: list[str]) -> int:
     return demo(args)
 
 
+def _serve(args: list[str]) -> int:
+    # Parses its flags with only the core installed; the server comes with the gateway extra.
+    from .gateway._cli import main as serve
+
+    return serve(args)
+
+
 #: Subcommand name -> (one line of help, runner). ``COMMAND --help`` reaches the runner,
 #: which prints the subcommand's own help.
 COMMANDS: dict[str, tuple[str, Runner]] = {
     "demo": (
         "fire a burst of identical LLM calls at a local fake API, with and without coalescing",
         _demo,
+    ),
+    "serve": (
+        "run the coalescing gateway: a reverse proxy any client, in any language, can point at",
+        _serve,
     ),
 }
 

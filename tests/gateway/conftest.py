@@ -37,14 +37,14 @@ def free_port() -> int:
 
 
 class GatewayProcess:
-    """``python -m httpx_coalesce.gateway._cli ARGS`` on a free port, ready once /healthz answers."""
+    """``python -m httpx_coalesce serve ARGS`` on a free port, ready once /healthz answers."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 30.0) -> None:
         self.port = free_port()
         # Closed in stop(), with the process whose standard error it holds.
         self._log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "httpx_coalesce.gateway._cli", "--port", str(self.port), *args],
+            [sys.executable, "-m", "httpx_coalesce", "serve", "--port", str(self.port), *args],
             cwd=ROOT,
             env={**os.environ, **(env or {})},
             stdout=subprocess.DEVNULL,

@@ -363,7 +363,7 @@ def test_help_documents_every_flag_and_needs_no_server() -> None:
 
 def test_nothing_to_proxy_is_a_usage_error() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "httpx_coalesce.gateway._cli"],
+        [sys.executable, "-m", "httpx_coalesce", "serve"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -375,7 +375,7 @@ def test_nothing_to_proxy_is_a_usage_error() -> None:
 
 def test_bad_route_is_a_usage_error() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "httpx_coalesce.gateway._cli", "--route", "/a=ftp://x"],
+        [sys.executable, "-m", "httpx_coalesce", "serve", "--route", "/a=ftp://x"],
         cwd=ROOT,
         capture_output=True,
         text=True,
