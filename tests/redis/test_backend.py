@@ -194,8 +194,9 @@ async def test_upstream_connect_error_reaches_followers_as_the_same_class(
     leader = make_transport(transport=upstream, backend=backend(redis_url, prefix, "leader"))
     follower = make_transport(backend=backend(redis_url, prefix, "follower"))
     errors: dict[str, BaseException] = {}
-    # Both clients send the same headers, so the two libraries share one key.
-    headers = {"user-agent": "test"}
+    # Both clients send the same headers, so the two libraries share one key (their
+    # default Accept-Encoding differs when one of them can decode zstd).
+    headers = {"user-agent": "test", "accept-encoding": "gzip"}
     async with (
         httpx.AsyncClient(transport=leader, headers=headers) as first,
         lib.AsyncClient(transport=follower, headers=headers) as second,

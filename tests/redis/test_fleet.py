@@ -26,8 +26,9 @@ CALLERS = 25
 #: Seconds to wait for conditions that need worker processes to start (a busy
 #: machine may take a while to start four Pythons).
 PATIENCE = 30.0
-# Same headers from every library, so httpx and httpx2 processes share one key.
-HEADERS = {"user-agent": "fleet-test"}
+# Same headers from every library, so httpx and httpx2 processes share one key (their
+# default Accept-Encoding differs when one of them can decode zstd).
+HEADERS = {"user-agent": "fleet-test", "accept-encoding": "gzip"}
 
 
 def config(
