@@ -18,6 +18,7 @@ import anyio
 from .._library import Library
 from .._limits import Limits
 from .._replay import Head
+from .._tasks import cancelled_from_outside
 from .._upstream import is_buffered
 from ._context import Context
 from ._errors import RedisTrouble
@@ -229,9 +230,13 @@ class _AsyncLeaderStream:
                     yield chunk
                     if publication.chunk(chunk):
                         await lead.flush_async(self._ops)
-        except Exception as error:
-            publication.fail(error)
-            await lead.flush_async(self._ops)
+        except BaseException as error:
+            # A BaseException from below (not this task's cancellation, nor the reader
+            # closing this generator early) is an answer too: followers elsewhere must
+            # not elect a leader to send the call again.
+            if not isinstance(error, GeneratorExit) and not cancelled_from_outside(error):
+                publication.fail(error)
+                await lead.flush_async(self._ops)
             raise
         publication.end()
         await lead.flush_async(self._ops)
@@ -267,9 +272,10 @@ class _SyncLeaderStream:
                     yield chunk
                     if publication.chunk(chunk):
                         lead.flush_sync(self._ops)
-        except Exception as error:
-            publication.fail(error)
-            lead.flush_sync(self._ops)
+        except BaseException as error:
+            if not isinstance(error, GeneratorExit):  # closed early: close() aborts
+                publication.fail(error)
+                lead.flush_sync(self._ops)
             raise
         publication.end()
         lead.flush_sync(self._ops)
@@ -293,9 +299,10 @@ async def lead_async(lead: Lead, ops: AsyncOps, request: Any, library: Library, 
         await lead.announce_async(ops)
         try:
             response = await send(request)
-        except Exception as error:
-            publication.fail(error)
-            await lead.flush_async(ops)
+        except BaseException as error:
+            if not cancelled_from_outside(error):
+                publication.fail(error)
+                await lead.flush_async(ops)
             raise
         stream = library.stream_class(_AsyncLeaderStream, is_async=True)(response, lead, ops)
         wrapped = _wrap(response, stream, request, library)
@@ -323,7 +330,7 @@ def lead_sync(lead: Lead, ops: SyncOps, request: Any, library: Library, send: An
         lead.announce_sync(ops)
         try:
             response = send(request)
-        except Exception as error:
+        except BaseException as error:
             publication.fail(error)
             lead.flush_sync(ops)
             raise

@@ -92,7 +92,14 @@ def decode_head(data: bytes) -> Head:
 
 
 def error_record(error: BaseException) -> Record:
-    message = _URL_QUERY.sub(r"\1?...", str(error))[:_MAX_MESSAGE]
+    if isinstance(error, Exception):
+        message = _URL_QUERY.sub(r"\1?...", str(error))[:_MAX_MESSAGE]
+    else:
+        # A KeyboardInterrupt, SystemExit or framework abort in the leading process: its
+        # followers get a transport error saying so (no class of that name is theirs).
+        message = (
+            f"the shared upstream call was stopped by {type(error).__name__} in the process that sent it"
+        )
     return ERROR, orjson.dumps({"n": type(error).__name__, "m": message})
 
 

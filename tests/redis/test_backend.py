@@ -54,18 +54,37 @@ def request_key(redis_client: redis.Redis, prefix: str) -> tuple[str, str]:
 
 
 class GatedFailure(httpx.AsyncBaseTransport):
-    """An upstream that fails to connect, once the test lets it."""
+    """An upstream that fails to connect (or raises *error*), once the test lets it."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, error: BaseException | None = None) -> None:
         self.message = message
+        self.error = error
+        self.calls = 0
         self.arrived = threading.Event()
         self.release = threading.Event()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
         self.arrived.set()
         while not self.release.is_set():
             await anyio.sleep(0.002)
+        if self.error is not None:
+            raise self.error
         raise httpx.ConnectError(self.message, request=request)
+
+
+class Abort(BaseException):
+    """A framework's own abort signal, built on BaseException."""
+
+
+class Counting:
+    """A transport of either library that counts the calls it gets and answers none."""
+
+    calls = 0
+
+    async def handle_async_request(self, request: Any) -> Any:
+        self.calls += 1
+        raise AssertionError("this process should have followed, not sent")
 
 
 async def test_two_transports_make_one_upstream_call(
@@ -222,6 +241,42 @@ async def test_upstream_connect_error_reaches_followers_as_the_same_class(
     assert followed.request.url == "http://upstream.invalid/models"
     assert follower.stats().redis_followed == 1
     assert follower.stats().upstream_calls == 0
+
+
+async def test_a_base_exception_in_the_leading_process_fails_followers_elsewhere_without_a_second_call(
+    lib: ModuleType, redis_url: str, prefix: str, redis_client: redis.Redis, make_transport: MakeTransport
+) -> None:
+    abort = Abort("stop")
+    upstream = GatedFailure("", error=abort)
+    leader = make_transport(transport=upstream, backend=backend(redis_url, prefix, "leader"))
+    second_upstream = Counting()
+    follower = make_transport(transport=second_upstream, backend=backend(redis_url, prefix, "follower"))
+    errors: dict[str, BaseException] = {}
+    headers = {"user-agent": "test", "accept-encoding": "gzip"}
+    async with (
+        httpx.AsyncClient(transport=leader, headers=headers) as first,
+        lib.AsyncClient(transport=follower, headers=headers) as second,
+    ):
+
+        async def call(name: str, client: Any) -> None:
+            try:
+                await client.get("http://upstream.invalid/models")
+            except BaseException as error:  # the Abort itself, in the leader's own task
+                errors[name] = error
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(call, "leader", first)
+            await until(upstream.arrived.is_set)
+            group.start_soon(call, "follower", second)
+            await until(following(redis_client, prefix, "follower"))
+            upstream.release.set()
+
+    assert errors["leader"] is abort
+    followed = errors["follower"]
+    assert type(followed) is lib.TransportError
+    assert "Abort" in str(followed)
+    # The follower's process never sent it: no second leader was elected for it.
+    assert (upstream.calls, second_upstream.calls) == (1, 0)
 
 
 @asyncio_only
