@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(rows))
     print(
         f"\nest. cost: at the demo's own made-up prices for '{MODEL}' (${price.input_per_million:.2f} per "
-        f"million input tokens, ${price.output_per_million:.2f} per million output tokens), not any "
+        f"million input tokens,\n${price.output_per_million:.2f} per million output tokens), not any "
         "provider's."
     )
     plain, ours = rows[0], rows[1]
