@@ -13,11 +13,13 @@ class Limits:
     max_flights: int = 10_000
     #: Callers attached to one flight; past it, new callers pass through.
     max_waiters: int = 100_000
-    #: Response bytes one flight holds. A response with a known length up to this is
-    #: buffered whole and shared as one bytes object; a longer or live one stops taking
-    #: joiners once past it, and then holds only what its slowest reader still needs.
+    #: Response bytes one flight holds for callers that join late. A live body stops
+    #: taking joiners once past it, and then holds only what its slowest reader still
+    #: needs. (Only small bodies, see ``_upstream.SMALL_BODY_BYTES``, are read whole
+    #: before their headers are handed out.)
     max_body_bytes: int = 16 * 1024 * 1024
-    #: Request body bytes read to make a key; a streamed body longer than this passes through.
+    #: The longest in-memory request body that is keyed; a longer one passes through (a
+    #: streamed body always does: it is never read to make a key).
     max_request_bytes: int = 4 * 1024 * 1024
     #: Finished responses kept for the window, and their bytes in all.
     window_entries: int = 1024

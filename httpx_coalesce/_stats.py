@@ -17,7 +17,8 @@ class CoalesceStats:
 
     #: Requests the transport saw.
     requests: int = 0
-    #: Calls sent upstream by a flight leader (pass-throughs are counted in ``bypassed``).
+    #: Requests that reached the inner transport: what the server saw from this transport,
+    #: a flight's one call and every request that passed through alike.
     upstream_calls: int = 0
     #: Responses handed to a caller that did not lead the flight.
     coalesced: int = 0
