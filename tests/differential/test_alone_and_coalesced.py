@@ -22,6 +22,7 @@ from .scenarios import (
     FILE_OFFSET,
     LIBRARIES,
     RUNTIMES,
+    SYNC_ONLY_BODIES,
     Route,
     Scenario,
     assert_invisible,
@@ -29,7 +30,7 @@ from .scenarios import (
 )
 from .server import DifferentialServer
 
-BODY_KINDS = ("none", "bytes", "json", "generator", "file", "multipart")
+BODY_KINDS = ("none", "bytes", "json", "generator", "file", "file-offset", "multipart")
 #: Known length past the 16 KiB a transport may read whole before handing out headers.
 LARGE = 64 * 1024
 #: Known length under that bound.
@@ -41,41 +42,48 @@ LIB_RUNTIME = pytest.mark.parametrize(
 )
 
 
-@LIB_RUNTIME
-@pytest.mark.parametrize("body", BODY_KINDS)
+def _with_bodies(bodies: tuple[str, ...]) -> pytest.MarkDecorator:
+    """lib x runtime x body, less the file bodies an async client cannot send."""
+    cases = [
+        (lib, runtime, body)
+        for lib in LIBRARIES
+        for runtime in RUNTIMES
+        for body in bodies
+        if runtime == "sync" or body not in SYNC_ONLY_BODIES
+    ]
+    return pytest.mark.parametrize(("lib", "runtime", "body"), cases)
+
+
+@_with_bodies(BODY_KINDS)
 def test_a_successful_exchange_is_the_same_alone_and_coalesced(
     lib: str, runtime: str, body: str, server: DifferentialServer, upload: Path
 ) -> None:
-    if body == "file" and runtime != "sync":
-        pytest.skip("a file object is a sync body: async clients take files as multipart")
     assert_invisible(Scenario(lib, runtime, body=body, route=Route(cookie=True)), server, upload)
 
 
-@LIB_RUNTIME
-@pytest.mark.parametrize("body", ["generator", "file", "multipart"])
+@_with_bodies(("generator", "file", "file-offset", "multipart"))
 def test_a_streamed_request_body_reaches_the_inner_transport_unread(
     lib: str, runtime: str, body: str, server: DifferentialServer, upload: Path
 ) -> None:
-    if body == "file" and runtime != "sync":
-        pytest.skip("a file object is a sync body")
     alone, together = assert_invisible(Scenario(lib, runtime, body=body), server, upload)
     # What "the same" means here, spelled out: the caller's very request and stream,
     # not a byte of the body read, the file where the caller left it.
     (call,) = alone.seen.inner
     assert (call.request_of, call.stream_of, call.body_in_memory) == (0, 0, False)
-    unread = ("file position", FILE_OFFSET) if body == "file" else ("chunks pulled", 0)
-    if body != "multipart":
-        assert call.probe == unread
+    unread = {
+        "file": ("file position", 0),
+        "file-offset": ("file position", FILE_OFFSET),
+        "generator": ("chunks pulled", 0),
+    }
+    if body in unread:
+        assert call.probe == unread[body]
     assert together.recorder.calls[0].request is together.callers[0].request
 
 
-@LIB_RUNTIME
-@pytest.mark.parametrize("body", ["generator", "file"])
+@_with_bodies(("generator", "file"))
 def test_a_one_shot_body_sent_again_on_a_redirect_fails_as_it_would_alone(
     lib: str, runtime: str, body: str, server: DifferentialServer, upload: Path
 ) -> None:
-    if body == "file" and runtime != "sync":
-        pytest.skip("a file object is a sync body")
     alone, _ = assert_invisible(Scenario(lib, runtime, body=body, route=Route(redirect=True)), server, upload)
     if body == "generator":
         error = alone.seen.callers[0].error

@@ -15,7 +15,15 @@ from pathlib import Path
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from .scenarios import BASE_EXCEPTIONS, LIBRARIES, RUNTIMES, Route, Scenario, assert_invisible
+from .scenarios import (
+    BASE_EXCEPTIONS,
+    LIBRARIES,
+    RUNTIMES,
+    SYNC_ONLY_BODIES,
+    Route,
+    Scenario,
+    assert_invisible,
+)
 from .server import DifferentialServer
 
 LARGE = 64 * 1024
@@ -47,7 +55,9 @@ _BASE_EXCEPTION_PLACES: list[str | int] = ["send", "head", 2000]
 def scenarios(draw: st.DrawFn) -> Scenario:
     lib = draw(st.sampled_from(sorted(LIBRARIES)))
     runtime = draw(st.sampled_from(RUNTIMES))
-    bodies = ["none", "bytes", "json", "generator", "multipart"] + (["file"] if runtime == "sync" else [])
+    bodies = ["none", "bytes", "json", "generator", "multipart"]
+    if runtime == "sync":
+        bodies += sorted(SYNC_ONLY_BODIES)
     body = draw(st.sampled_from(bodies))
     stream = draw(st.booleans())
     behaviour = draw(st.sampled_from([*_BEHAVIOURS, "raises a BaseException"]))
@@ -82,7 +92,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
 
 
 @settings(
-    max_examples=40,
+    max_examples=60,
     deadline=None,
     derandomize=True,
     database=None,
