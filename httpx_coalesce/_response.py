@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from ._flight import END, Abandoned, Seat
+from ._flight import END, Abandoned, Seat, _End
 from ._library import Library
 from ._replay import Head
 from ._tasks import start_janitor
@@ -104,40 +104,33 @@ class _SeatStream:
         read = timeout.get("read")
         return None if read is None else float(read)
 
-    def _timed_out(self) -> BaseException:
+    def _chunk(self, data: bytes | _End | BaseException | None) -> bytes | None:
+        """What the reader does with what its wait gave: the chunk to yield, None at the
+        end, or it raises. The one place both faces below decide; they only wait."""
+        if isinstance(data, bytes):
+            return data
         self._seat.leave()
-        error: BaseException = self._library.module.ReadTimeout(
-            "timed out waiting for the coalesced response's next bytes", request=self._request
-        )
-        return error
-
-    def _data_error(self, template: BaseException) -> BaseException:
-        if isinstance(template, Abandoned):
-            error: BaseException = self._library.module.ReadError(str(template), request=self._request)
-            return error
+        if data is END:
+            return None
+        if data is None:
+            raise self._library.module.ReadTimeout(
+                "timed out waiting for the coalesced response's next bytes", request=self._request
+            )
+        assert isinstance(data, BaseException)
+        if isinstance(data, Abandoned):
+            raise self._library.module.ReadError(str(data), request=self._request)
         if self._seat.leader:
-            return template
-        return fresh_error(template, self._request, self._library, mid_body=True)
+            raise data  # the leader's own request failed: its caller gets the failure itself
+        raise fresh_error(data, self._request, self._library, mid_body=True)
 
 
 class _AsyncSeatStream(_SeatStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        seat = self._seat
-        flight = seat.flight
-        ready = partial(flight.next_data, seat)
+        flight = self._seat.flight
+        ready = partial(flight.next_data, self._seat)
         within = self._read_budget()
-        while True:
-            data = await flight.wait_async(ready, within)
-            if data is None:
-                raise self._timed_out()
-            if data is END:
-                seat.leave()
-                return
-            if isinstance(data, BaseException):
-                seat.leave()
-                raise self._data_error(data)
-            assert isinstance(data, bytes)
-            yield data
+        while (chunk := self._chunk(await flight.wait_async(ready, within))) is not None:
+            yield chunk
 
     async def aclose(self) -> None:
         self._seat.leave()
@@ -149,22 +142,11 @@ class _SyncSeatStream(_SeatStream):
         super().__init__(seat, request, library)
 
     def __iter__(self) -> Iterator[bytes]:
-        seat = self._seat
-        flight = seat.flight
-        ready = partial(flight.next_data, seat)
+        flight = self._seat.flight
+        ready = partial(flight.next_data, self._seat)
         within = self._read_budget()
-        while True:
-            data = flight.wait(ready, within)
-            if data is None:
-                raise self._timed_out()
-            if data is END:
-                seat.leave()
-                return
-            if isinstance(data, BaseException):
-                seat.leave()
-                raise self._data_error(data)
-            assert isinstance(data, bytes)
-            yield data
+        while (chunk := self._chunk(flight.wait(ready, within))) is not None:
+            yield chunk
 
     def close(self) -> None:
         self._seat.leave()
