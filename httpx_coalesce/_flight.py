@@ -262,6 +262,7 @@ class Flight:
             self._take(head, chunks, response)
             self.replay.complete = True
             self._end(State.DONE)
+        self._ended()
         self.table.finished(self)
 
     def take_upstream_response(self) -> object:
@@ -290,6 +291,7 @@ class Flight:
                 self._take(head, chunks, response)
             self.error = error
             self._end(State.DONE)
+        self._ended()
         logger.debug("flight %s failed: %s", self.id, type(error).__name__)
 
     def abandon(self) -> None:
@@ -297,9 +299,11 @@ class Flight:
         if self.state is not State.OPEN:  # the usual case; a state never returns to OPEN
             return
         with self.lock:
-            if self.state is State.OPEN:
-                self._end(State.ABANDONED)
-                logger.debug("flight %s abandoned", self.id)
+            if self.state is not State.OPEN:
+                return
+            self._end(State.ABANDONED)
+        self._ended()
+        logger.debug("flight %s abandoned", self.id)
 
     # -- callers coming and going -----------------------------------------------------
 
@@ -311,6 +315,7 @@ class Flight:
 
     def leave(self, seat: Seat) -> None:
         cancel = None
+        ended = False
         with self.lock:
             if seat.left:
                 return
@@ -325,6 +330,9 @@ class Flight:
                 cancel = self._cancel
                 self.table.counters.add("cancelled_flights")
                 logger.debug("flight %s cancelled: every caller left", self.id)
+                ended = True
+        if ended:
+            self._ended()
         if cancel is not None:
             cancel()
 
@@ -337,6 +345,12 @@ class Flight:
         self.pump_waiting = False
         self.table.discard(self)
         self.signal.fire()
+
+    def _ended(self) -> None:
+        # Outside the lock (a metric's recording has locks of its own), once: only the
+        # caller that moved the flight out of OPEN gets here. Nobody joins an ended
+        # flight, so its count of callers is final.
+        self.table.counters.flight_ended(self.joined)
 
     def _take(self, head: Head, chunks: list[bytes] | None, response: object) -> None:
         if chunks:

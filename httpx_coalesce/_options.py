@@ -23,6 +23,8 @@ import httpx
 from ._backend import Backend
 from ._key import CREDENTIAL_HEADER_PREFIXES, CREDENTIAL_HEADERS, KeyFunction, is_credential
 from ._limits import Limits
+from ._telemetry import available as otel_available
+from ._telemetry import is_meter_provider
 
 __all__ = [
     "check_backend",
@@ -30,6 +32,7 @@ __all__ = [
     "check_ignore_headers",
     "check_key",
     "check_limits",
+    "check_meter_provider",
     "check_methods",
     "check_names",
     "check_opt_out_header",
@@ -309,3 +312,27 @@ def check_limits(value: object) -> Limits:
         )
     hint = " (write limits=Limits(**...) to make one from a dict)" if isinstance(value, dict) else ""
     raise TypeError(f"limits must be an httpx_coalesce.Limits, not {_given(value)}{hint}")
+
+
+def check_meter_provider(value: object) -> Any:
+    """An OpenTelemetry ``MeterProvider``, or None for the global one."""
+    if value is None:
+        return None
+    if is_meter_provider(value):
+        return value
+    if not otel_available():
+        raise TypeError(
+            f"meter_provider needs OpenTelemetry, which is not installed (pip install "
+            f'"httpx-coalesce[otel]"); got {_given(value)}'
+        )
+    hint = ""
+    if callable(getattr(value, "create_counter", None)):
+        hint = " (that is a Meter; pass the MeterProvider it came from)"
+    elif callable(getattr(value, "get_tracer", None)):
+        hint = " (that is a TracerProvider: spans need no argument, the caller's current span is used)"
+    elif callable(getattr(value, "collect", None)) or callable(getattr(value, "get_metrics_data", None)):
+        hint = " (that is a metric reader: pass MeterProvider(metric_readers=[reader]))"
+    raise TypeError(
+        f"meter_provider must be an opentelemetry.metrics.MeterProvider, such as "
+        f"opentelemetry.sdk.metrics.MeterProvider(metric_readers=[...]), not {_given(value)}{hint}"
+    )

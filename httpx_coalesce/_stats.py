@@ -7,6 +7,10 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
+from typing import Any
+
+from ._telemetry import Recorder, span_noter
+from ._usage import Tokens
 
 __all__ = ["CoalesceStats", "Counters"]
 
@@ -33,8 +37,10 @@ class CoalesceStats:
     waiters: int = 0
     #: Response body bytes that were not fetched again because a caller shared a flight.
     bytes_saved: int = 0
-    #: LLM tokens (from the ``usage`` block) not paid for again.
+    #: LLM tokens (from the ``usage`` block) not paid for again: the total, and by type
+    #: (``input``, ``output``, ``cached_input``; the types add up to the total).
     tokens_saved: int = 0
+    tokens_saved_by_type: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     #: With a Redis backend: flights this process led for the fleet, flights it followed
     #: from another process, and Redis troubles that fell back to local coalescing.
     redis_led: int = 0
@@ -46,32 +52,111 @@ class CoalesceStats:
         return sum(self.bypassed.values())
 
 
-_FIELDS = frozenset(field.name for field in fields(CoalesceStats)) - {"bypassed", "in_flight", "waiters"}
+_FIELDS = frozenset(field.name for field in fields(CoalesceStats)) - {
+    "bypassed",
+    "in_flight",
+    "waiters",
+    "tokens_saved",
+    "tokens_saved_by_type",
+}
+
+#: A request's outcome: it led a flight, joined one, was served from the window, or
+#: passed through (with a reason).
+LED, JOINED, WINDOW, BYPASSED = "led", "joined", "window", "bypassed"
 
 
 class Counters:
-    """Thread-safe counters; sync threads and event loops update the same ones."""
+    """Thread-safe counters; sync threads and event loops update the same ones.
+
+    Each method is one event, counted for ``stats()`` and recorded in the OpenTelemetry
+    metrics (``_telemetry``) by the same call, so the two always agree.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._bypassed: Counter[str] = Counter()
+        self._tokens: Counter[str] = Counter()
+        #: Where metrics go: ``recorder.telemetry`` is None while nothing records them.
+        self.recorder = Recorder()
+        #: Notes a request's outcome on the caller's span; None without OpenTelemetry.
+        self._note_span = span_noter()
 
     def add(self, name: str, amount: int = 1) -> None:
+        """A count of *name* that has no metric of its own (``coalesced``, ``redis_led``...)."""
         with self._lock:
             self._counts[name] += amount
 
-    def bypass(self, reason: str, new_request: bool = True) -> None:
+    def request(
+        self,
+        outcome: str,
+        request: Any,
+        reason: str | None = None,
+        flight_id: str | None = None,
+        callers: int = 0,
+    ) -> None:
+        """A request has its outcome (once per request, in its caller's context)."""
         with self._lock:
-            if new_request:
-                self._counts["requests"] += 1
-            self._bypassed[reason] += 1
+            self._counts["requests"] += 1
+            if reason is not None:
+                self._bypassed[reason] += 1
+            elif outcome == WINDOW:
+                self._counts["window_hits"] += 1
+        telemetry = self.recorder.telemetry
+        if telemetry is not None:
+            telemetry.request(outcome, reason, request)
+        note_span = self._note_span
+        if note_span is not None:
+            note_span(outcome, reason, flight_id, callers)
+
+    def upstream(self, request: Any) -> None:
+        """*request* is handed to the inner transport."""
+        with self._lock:
+            self._counts["upstream_calls"] += 1
+        telemetry = self.recorder.telemetry
+        if telemetry is not None:
+            telemetry.upstream(request)
+
+    def flight_ended(self, callers: int) -> None:
+        telemetry = self.recorder.telemetry
+        if telemetry is not None:
+            telemetry.flight_ended(callers)
+
+    def saved(self, size: int, tokens: Tokens | None = None) -> None:
+        """*size* bytes (and *tokens*) not fetched again."""
+        with self._lock:
+            self._counts["bytes_saved"] += size
+            if tokens is not None:
+                for kind, count in tokens.by_type().items():
+                    self._tokens[kind] += count
+        telemetry = self.recorder.telemetry
+        if telemetry is not None:
+            if size:
+                telemetry.bytes_saved(size)
+            if tokens is not None:
+                telemetry.tokens_saved(tokens)
+
+    def backend_error(self, kind: str) -> None:
+        """The backend failed (its ``error.type`` is *kind*) and fell back to local."""
+        with self._lock:
+            self._counts["redis_errors"] += 1
+        telemetry = self.recorder.telemetry
+        if telemetry is not None:
+            telemetry.backend_error(kind)
 
     def snapshot(self, in_flight: int, waiters: int) -> CoalesceStats:
         with self._lock:
             counts = dict(self._counts)
             bypassed = MappingProxyType(dict(self._bypassed))
+            tokens = MappingProxyType(dict(self._tokens))
         # Only the fields a snapshot has: a backend counting under a name of its own
         # must not make stats() raise in the middle of a service.
         known = {name: value for name, value in counts.items() if name in _FIELDS}
-        return CoalesceStats(bypassed=bypassed, in_flight=in_flight, waiters=waiters, **known)
+        return CoalesceStats(
+            bypassed=bypassed,
+            in_flight=in_flight,
+            waiters=waiters,
+            tokens_saved=sum(tokens.values()),
+            tokens_saved_by_type=tokens,
+            **known,
+        )

@@ -25,14 +25,16 @@ from ._replay import Head
 from ._request import Inspection, body_in_memory, inspect, request_parts, url_parts
 from ._response import CoalesceInfo, build_body_response, build_response, caller_error
 from ._signal import ThreadSignal
-from ._stats import CoalesceStats, Counters
+from ._stats import BYPASSED, JOINED, LED, WINDOW, CoalesceStats, Counters
 from ._tasks import current_loop, running_loop, spawn_detached
+from ._telemetry import connect
 from ._upstream import lead_sync, pump_async
-from ._usage import MAX_PARSED, tokens_in
+from ._usage import MAX_PARSED, Tokens, tokens_in
 from ._window import Window, WindowEntry, shareable_later
 
 if TYPE_CHECKING:
     import httpx2
+    from opentelemetry.metrics import MeterProvider
 
     # For type checkers the transport is a transport of both libraries; at run time
     # it serves them through duck typing, since httpx2 is optional.
@@ -73,6 +75,7 @@ class CoalescingTransport(_Bases):
         window: float = 0.0,
         limits: Limits | None = None,
         opt_out_header: str = "x-coalesce",
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         # Every argument is checked before anything is stored: a wrong one met at the
         # first request reads as an unrelated error far from its cause, or as nothing
@@ -82,6 +85,7 @@ class CoalescingTransport(_Bases):
             check_ignore_headers,
             check_key,
             check_limits,
+            check_meter_provider,
             check_methods,
             check_names,
             check_opt_out_header,
@@ -99,6 +103,7 @@ class CoalescingTransport(_Bases):
         seconds = check_window(window)
         checked_limits = check_limits(limits)
         opt_out_name = check_opt_out_header(opt_out_header)
+        provider = check_meter_provider(meter_provider)
         # Pointing at the caller of CoalescingTransport(...): 1 is the warning's own
         # function, 2 this __init__.
         warn_kept_credentials(ignored_headers, stacklevel=3)
@@ -110,6 +115,8 @@ class CoalescingTransport(_Bases):
         self._opt_out_header = opt_out_name
         self._window = Window(seconds, self._limits.window_entries, self._limits.window_bytes)
         self._counters = Counters()
+        # Metrics through *provider*, else the global MeterProvider (see _telemetry).
+        connect(self._counters.recorder, provider, self, CoalescingTransport._load)
         self._defaults: dict[tuple[str, bool], Any] = {}
         self._defaults_lock = threading.Lock()
         self._sync_table = FlightTable(self._limits, self._counters, ThreadSignal, self._finished)
@@ -128,6 +135,10 @@ class CoalescingTransport(_Bases):
     @overload
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response: ...
     async def handle_async_request(self, request: Any) -> Any:
+        counters = self._counters
+        probe = counters.recorder.probe
+        if probe is not None:  # OpenTelemetry is here, but no MeterProvider yet
+            probe()
         library = library_of(request)
         self._check_library(library)
         key = self._key_of(request)
@@ -155,13 +166,14 @@ class CoalescingTransport(_Bases):
                     outcome = await flight.wait_async(flight.outcome, _head_budget(seat, request))
                 except BaseException:
                     seat.leave()
+                    _count_seated(counters, seat, request)
                     raise
                 settled = self._settle(seat, outcome, request, library, attempt, is_async=True)
                 if not isinstance(settled, _Retry | _PassThrough):
                     return settled
                 if isinstance(settled, _PassThrough):
                     break
-        self._counters.add("upstream_calls")
+        counters.upstream(request)
         return await self._inner(library, is_async=True).handle_async_request(request)
 
     @overload
@@ -169,6 +181,10 @@ class CoalescingTransport(_Bases):
     @overload
     def handle_request(self, request: httpx2.Request) -> httpx2.Response: ...
     def handle_request(self, request: Any) -> Any:
+        counters = self._counters
+        probe = counters.recorder.probe
+        if probe is not None:  # OpenTelemetry is here, but no MeterProvider yet
+            probe()
         library = library_of(request)
         self._check_library(library)
         key = self._key_of(request)
@@ -189,13 +205,14 @@ class CoalescingTransport(_Bases):
                     outcome = flight.wait(flight.outcome, _head_budget(seat, request))
                 except BaseException:
                     seat.leave()
+                    _count_seated(counters, seat, request)
                     raise
                 settled = self._settle(seat, outcome, request, library, attempt, is_async=False)
                 if not isinstance(settled, _Retry | _PassThrough):
                     return settled
                 if isinstance(settled, _PassThrough):
                     break
-        self._counters.add("upstream_calls")
+        counters.upstream(request)
         return self._inner(library, is_async=False).handle_request(request)
 
     def _enter(
@@ -208,10 +225,8 @@ class CoalescingTransport(_Bases):
                 return served
         joined = table.join(key)
         if isinstance(joined, str):
-            self._counters.bypass(joined, new_request=attempt == 1)
+            self._counters.request(BYPASSED, request, joined)
             return _PASS_THROUGH
-        if attempt == 1:
-            self._counters.add("requests")
         if joined.leader:
             joined.flight.timeout = request.extensions.get("timeout")
         return joined
@@ -227,12 +242,14 @@ class CoalescingTransport(_Bases):
     ) -> Any:
         """What a caller does with its flight's outcome: answer, raise, retry or go alone."""
         if isinstance(outcome, Head):
+            _count_seated(self._counters, seat, request)
             if not seat.leader:
                 self._counters.add("coalesced")
             return build_response(library, seat, outcome, request, is_async)
         seat.leave()
         if outcome is None:
             # This caller's own timeouts ran out first; the flight goes on for the others.
+            _count_seated(self._counters, seat, request)
             raise library.module.ReadTimeout("timed out waiting for the coalesced response", request=request)
         if isinstance(outcome, Abandoned) or (
             _is_timeout(outcome) and request.extensions.get("timeout") != seat.flight.timeout
@@ -241,20 +258,26 @@ class CoalescingTransport(_Bases):
             # reason of its own, or ran out of the leader's timeouts, not this caller's.
             if attempt < _ATTEMPTS[-1]:
                 return _RETRY
-            self._counters.bypass("abandoned", new_request=False)
+            self._counters.request(BYPASSED, request, "abandoned")
             return _PASS_THROUGH
+        _count_seated(self._counters, seat, request)
         raise caller_error(outcome, seat.leader, request, library)
 
     # -- seeing what it does ------------------------------------------------------------
 
     def stats(self) -> CoalesceStats:
         """A snapshot of the counters, and what is in flight right now."""
+        in_flight, waiters = self._load()
+        return self._counters.snapshot(in_flight=in_flight, waiters=waiters)
+
+    def _load(self) -> tuple[int, int]:
+        """Flights in flight now, and the callers attached to them."""
         in_flight = waiters = 0
         for table in [self._sync_table, *list(self._async_tables.values())]:
             flights, seats = table.load()
             in_flight += flights
             waiters += seats
-        return self._counters.snapshot(in_flight=in_flight, waiters=waiters)
+        return in_flight, waiters
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -343,7 +366,7 @@ class CoalescingTransport(_Bases):
                 reason = "body_too_large"
             else:
                 return self._key(request, inspection, body)
-        self._counters.bypass(reason)
+        self._counters.request(BYPASSED, request, reason)
         return None
 
     def _key(self, request: Any, inspection: Inspection, body: bytes) -> str:
@@ -366,7 +389,7 @@ class CoalescingTransport(_Bases):
         counters = self._counters
 
         async def send(request: Any) -> Any:
-            counters.add("upstream_calls")
+            counters.upstream(request)
             return await inner.handle_async_request(request)
 
         backend = self._backend
@@ -379,7 +402,7 @@ class CoalescingTransport(_Bases):
         counters = self._counters
 
         def send(request: Any) -> Any:
-            counters.add("upstream_calls")
+            counters.upstream(request)
             return inner.handle_request(request)
 
         backend = self._backend
@@ -456,10 +479,8 @@ class CoalescingTransport(_Bases):
         entry = self._window.get(key)
         if entry is None:
             return None
-        self._counters.add("requests")
-        self._counters.add("window_hits")
-        self._counters.add("bytes_saved", len(entry.body))
-        self._counters.add("tokens_saved", entry.tokens)
+        self._counters.request(WINDOW, request, flight_id=entry.flight_id)
+        self._counters.saved(len(entry.body), entry.tokens)
         info = CoalesceInfo(leader=False, callers=0, flight_id=entry.flight_id, from_window=True)
         return build_body_response(library, entry.head, entry.body, request, info, is_async)
 
@@ -473,16 +494,17 @@ class CoalescingTransport(_Bases):
         window = replay.whole and self._window.seconds > 0 and shareable_later(head)
         if followers <= 0 and not window:
             return
-        self._counters.add("bytes_saved", replay.size * followers)
         logger.debug("flight %s shared by %d callers", flight.id, flight.joined)
         # Joining the body is a copy of it, held as long as the flight: only for what
         # needs it whole (the window, or token counts, which only small bodies get).
-        if not replay.whole or not (window or replay.size <= MAX_PARSED):
-            return
-        body = replay.body()
-        tokens = tokens_in(body, head.header(b"content-type") or b"")
-        self._counters.add("tokens_saved", tokens * followers)
-        if window:
+        body: bytes | None = None
+        tokens: Tokens | None = None
+        if replay.whole and (window or replay.size <= MAX_PARSED):
+            body = replay.body()
+            tokens = tokens_in(body, head.header(b"content-type") or b"")
+        if followers > 0:
+            self._counters.saved(replay.size * followers, None if tokens is None else tokens.times(followers))
+        if window and body is not None and tokens is not None:
             entry = WindowEntry(head, body, flight.id, tokens, time.monotonic() + self._window.seconds)
             self._window.put(flight.key, entry)
 
@@ -500,6 +522,12 @@ _PASS_THROUGH = _PassThrough()
 #: A caller joins at most twice: a second flight that also fails it sends it alone.
 _ATTEMPTS = (1, 2)
 _TIMEOUTS = frozenset({"ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout"})
+
+
+def _count_seated(counters: Counters, seat: Seat, request: Any) -> None:
+    """A caller that held a seat has its outcome: it led the flight, or joined it."""
+    flight = seat.flight
+    counters.request(LED if seat.leader else JOINED, request, flight_id=flight.id, callers=flight.joined)
 
 
 def _is_timeout(error: BaseException) -> bool:

@@ -3,38 +3,66 @@
 OpenAI (chat completions, responses, embeddings) and Anthropic name their fields
 differently, and their streams spread usage over several events; this reads all of
 them. It runs only when a response was shared, never on the unshared path.
+
+Tokens are split by type, as providers bill them: ``input`` (prompt tokens not read
+from the provider's prompt cache, including tokens written to it), ``cached_input``
+(read from that cache: OpenAI's ``*_tokens_details.cached_tokens``, Anthropic's
+``cache_read_input_tokens``) and ``output``. The types add up to the total.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-__all__ = ["MAX_PARSED", "tokens_in"]
+__all__ = ["MAX_PARSED", "NO_TOKENS", "Tokens", "tokens_in"]
 
-_INPUT = ("prompt_tokens", "input_tokens")
 # LLM answers are small; a larger body is not worth parsing on an event loop (a 1 MB
 # answer took 4.6 ms and a 16 MB spike).
 MAX_PARSED = 256 * 1024
-_OUTPUT = ("completion_tokens", "output_tokens")
 
 
-def tokens_in(body: bytes, content_type: bytes) -> int:
-    """Total tokens the response reports, 0 when it reports none or is not JSON/SSE."""
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """Tokens of one answer, by type (``gen_ai.token.type``)."""
+
+    input: int = 0
+    output: int = 0
+    cached_input: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.input + self.output + self.cached_input
+
+    def by_type(self) -> dict[str, int]:
+        """The non-zero types, by their ``gen_ai.token.type`` name."""
+        types = {"input": self.input, "output": self.output, "cached_input": self.cached_input}
+        return {name: count for name, count in types.items() if count}
+
+    def times(self, factor: int) -> Tokens:
+        return Tokens(self.input * factor, self.output * factor, self.cached_input * factor)
+
+
+NO_TOKENS = Tokens()
+
+
+def tokens_in(body: bytes, content_type: bytes) -> Tokens:
+    """Tokens the response reports, none when it reports none or is not JSON/SSE."""
     if len(body) > MAX_PARSED:
-        return 0
+        return NO_TOKENS
     if b"event-stream" in content_type:
         return _stream_tokens(body)
     if b"json" in content_type:
         try:
             return _tally([_usage_of(orjson.loads(body))])
         except orjson.JSONDecodeError:
-            return 0
-    return 0
+            return NO_TOKENS
+    return NO_TOKENS
 
 
-def _stream_tokens(body: bytes) -> int:
+def _stream_tokens(body: bytes) -> Tokens:
     usages: list[dict[str, Any]] = []
     for line in body.splitlines():
         if not line.startswith(b"data:") or b"usage" not in line:
@@ -63,15 +91,28 @@ def _usage_of(document: Any) -> dict[str, Any]:
     return usage
 
 
-def _tally(usages: list[dict[str, Any]]) -> int:
+def _tally(usages: list[dict[str, Any]]) -> Tokens:
     # Streams repeat or grow their counts as they go (Anthropic's output_tokens is
-    # cumulative), so the largest figure seen for each side is the answer's.
-    total = inputs = outputs = 0
+    # cumulative), so the largest figure seen for each field is the answer's.
+    total = prompt = details_cached = cache_read = cache_written = outputs = 0
     for usage in usages:
         total = max(total, _int(usage.get("total_tokens")))
-        inputs = max(inputs, *(_int(usage.get(name)) for name in _INPUT))
-        outputs = max(outputs, *(_int(usage.get(name)) for name in _OUTPUT))
-    return max(total, inputs + outputs)
+        prompt = max(prompt, _int(usage.get("prompt_tokens")), _int(usage.get("input_tokens")))
+        outputs = max(outputs, _int(usage.get("completion_tokens")), _int(usage.get("output_tokens")))
+        # OpenAI counts cached tokens inside its prompt figure, in a details block...
+        for details in (usage.get("prompt_tokens_details"), usage.get("input_tokens_details")):
+            if isinstance(details, dict):
+                details_cached = max(details_cached, _int(details.get("cached_tokens")))
+        # ... Anthropic beside it: its input_tokens are the uncached ones only.
+        cache_read = max(cache_read, _int(usage.get("cache_read_input_tokens")))
+        cache_written = max(cache_written, _int(usage.get("cache_creation_input_tokens")))
+    details_cached = min(details_cached, prompt)
+    tokens = Tokens(prompt - details_cached + cache_written, outputs, details_cached + cache_read)
+    if total > tokens.total:
+        # A total above its parts holds tokens reported nowhere else, such as the thinking
+        # tokens some OpenAI-compatible APIs leave out of completion_tokens: billed as output.
+        tokens = Tokens(tokens.input, outputs + total - tokens.total, tokens.cached_input)
+    return tokens
 
 
 def _int(value: Any) -> int:

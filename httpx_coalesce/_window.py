@@ -13,6 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from ._replay import Head
+from ._usage import Tokens
 
 __all__ = ["Window", "WindowEntry", "shareable_later"]
 
@@ -22,7 +23,7 @@ class WindowEntry:
     head: Head
     body: bytes
     flight_id: str
-    tokens: int
+    tokens: Tokens
     expires: float
 
 

@@ -21,6 +21,7 @@ from .._backend import AsyncSend, SyncSend
 from .._library import Library
 from .._limits import Limits
 from .._stats import Counters
+from .._telemetry import error_type
 from ._breaker import Breaker
 from ._clients import AsyncClientFactory, Clients
 from ._context import Context
@@ -267,13 +268,13 @@ class RedisBackend:
             return None
         if not self._breaker.allow():
             # Counted: a flight that could not coalesce fleet-wide because of Redis.
-            context.counters.add("redis_errors")
+            context.counters.backend_error("backoff")
             return None
         return context
 
     def _report(self, trouble: RedisTrouble) -> None:
         if self._context is not None:
-            self._context.counters.add("redis_errors")
+            self._context.counters.backend_error(error_type(trouble))
         if self._breaker.failed():
             logger.warning(
                 "Redis failed (%s); coalescing within this process only, retrying in %.1f s",

@@ -13,7 +13,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -36,8 +36,8 @@ def make_transport(config: dict[str, Any]) -> CoalescingTransport:
 def stats_of(transport: CoalescingTransport) -> dict[str, Any]:
     stats = transport.stats()
     fields = {field.name: getattr(stats, field.name) for field in dataclasses.fields(stats)}
-    fields["bypassed"] = dict(stats.bypassed)
-    return fields
+    # The mappings (bypassed, tokens_saved_by_type) are read-only views: JSON wants dicts.
+    return {name: dict(value) if isinstance(value, Mapping) else value for name, value in fields.items()}
 
 
 class Progress:

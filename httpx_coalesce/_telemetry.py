@@ -1,0 +1,296 @@
+"""OpenTelemetry: the transport's metrics, and what it notes on the caller's span.
+
+The only module that knows OpenTelemetry, and it needs only ``opentelemetry-api`` (the
+``otel`` extra). ``Counters`` calls it from the very calls that feed ``stats()``, so the
+two views cannot drift apart.
+
+Cost is the point of the design. With no OpenTelemetry, or none configured, the
+transport's hot path pays one ``None`` check per recording site: ``Counters.telemetry``
+is None until a real MeterProvider is known. The global provider is the hard case: the
+API hands out a proxy until the application calls ``set_meter_provider``, maybe after
+the transport was built. Recording through the proxy would cost the attributes and
+calls of every measurement for nothing, and ``get_meter_provider()`` itself costs about
+a microsecond (it reads ``os.environ`` on every call), so until a provider is set a
+probe (``Counters.probe``) reads the API's own global once per request, and swaps the
+live instruments in as soon as it is set.
+
+``flights.active`` and ``waiters.active`` are observed at collection time from the same
+figures as ``stats().in_flight`` and ``waiters``: exact, and free on the hot path.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from ._usage import Tokens
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+
+try:
+    from opentelemetry import metrics as otel_metrics
+    from opentelemetry import trace as otel_trace
+    from opentelemetry.metrics import _internal as otel_metrics_state
+except ImportError:  # the otel extra is not installed: nothing is recorded
+    otel_metrics = None  # type: ignore[assignment]
+    otel_trace = None  # type: ignore[assignment]
+    otel_metrics_state = None  # type: ignore[assignment]
+
+__all__ = [
+    "INSTRUMENTS",
+    "Telemetry",
+    "available",
+    "connect",
+    "error_type",
+    "is_meter_provider",
+    "span_noter",
+]
+
+METER_NAME = "httpx_coalesce"
+
+# Attribute names: OpenTelemetry's semantic conventions where one exists.
+OUTCOME = "httpx_coalesce.outcome"
+BYPASS_REASON = "httpx_coalesce.bypass_reason"
+FLIGHT_ID = "httpx_coalesce.flight_id"
+CALLERS = "httpx_coalesce.callers"
+METHOD = "http.request.method"
+SERVER = "server.address"
+TOKEN_TYPE = "gen_ai.token.type"
+ERROR_TYPE = "error.type"
+
+#: The instruments: name, kind, unit, description. Their names are the public contract.
+INSTRUMENTS: tuple[tuple[str, str, str, str], ...] = (
+    ("httpx_coalesce.requests", "counter", "{request}", "Requests the transport handled, by outcome."),
+    (
+        "httpx_coalesce.upstream_calls",
+        "counter",
+        "{request}",
+        "Requests that reached the inner transport, pass-through included.",
+    ),
+    ("httpx_coalesce.flight.callers", "histogram", "{request}", "Callers that shared one flight."),
+    ("httpx_coalesce.flights.active", "up-down counter", "{flight}", "Flights in flight now."),
+    ("httpx_coalesce.waiters.active", "up-down counter", "{request}", "Callers attached to a flight now."),
+    ("httpx_coalesce.bytes_saved", "counter", "By", "Response bytes not fetched again."),
+    ("httpx_coalesce.tokens_saved", "counter", "{token}", "LLM tokens not paid for again (an estimate)."),
+    ("httpx_coalesce.backend.errors", "counter", "{error}", "Backend failures that fell back to local."),
+)
+_SPEC = {name: (unit, description) for name, _, unit, description in INSTRUMENTS}
+# Callers of one flight: 1 (nobody shared) is the common case and must be a bucket of its own.
+_CALLER_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10_000)
+
+
+def available() -> bool:
+    """Whether ``opentelemetry-api`` is installed."""
+    return otel_metrics is not None
+
+
+def is_meter_provider(value: object) -> bool:
+    return otel_metrics is not None and isinstance(value, otel_metrics.MeterProvider)
+
+
+class Telemetry:
+    """The instruments of one MeterProvider, shared by every transport recording there
+    (an SDK keeps the first instrument of a name; a second transport must not make its
+    own)."""
+
+    def __init__(self, provider: MeterProvider) -> None:
+        from . import __version__
+
+        meter = provider.get_meter(METER_NAME, __version__)
+        self._requests = meter.create_counter("httpx_coalesce.requests", *_SPEC["httpx_coalesce.requests"])
+        self._upstream = meter.create_counter(
+            "httpx_coalesce.upstream_calls", *_SPEC["httpx_coalesce.upstream_calls"]
+        )
+        self._callers = meter.create_histogram(
+            "httpx_coalesce.flight.callers",
+            *_SPEC["httpx_coalesce.flight.callers"],
+            explicit_bucket_boundaries_advisory=_CALLER_BUCKETS,
+        )
+        self._bytes = meter.create_counter("httpx_coalesce.bytes_saved", *_SPEC["httpx_coalesce.bytes_saved"])
+        self._tokens = meter.create_counter(
+            "httpx_coalesce.tokens_saved", *_SPEC["httpx_coalesce.tokens_saved"]
+        )
+        self._errors = meter.create_counter(
+            "httpx_coalesce.backend.errors", *_SPEC["httpx_coalesce.backend.errors"]
+        )
+        self._lock = threading.Lock()
+        # Whose flights the observed instruments count: each transport, held weakly, with
+        # the function that reads its (flights, waiters).
+        self._sources: weakref.WeakKeyDictionary[object, Callable[[Any], tuple[int, int]]] = (
+            weakref.WeakKeyDictionary()
+        )
+        meter.create_observable_up_down_counter(
+            "httpx_coalesce.flights.active",
+            [lambda options: self._observe(options, 0)],
+            *_SPEC["httpx_coalesce.flights.active"],
+        )
+        meter.create_observable_up_down_counter(
+            "httpx_coalesce.waiters.active",
+            [lambda options: self._observe(options, 1)],
+            *_SPEC["httpx_coalesce.waiters.active"],
+        )
+
+    def watch(self, owner: object, load: Callable[[Any], tuple[int, int]]) -> Telemetry:
+        """Count *owner*'s flights in the observed instruments (``load(owner)``)."""
+        with self._lock:
+            self._sources[owner] = load
+        return self
+
+    def _observe(self, options: CallbackOptions, index: int) -> Iterable[Observation]:
+        with self._lock:
+            sources = list(self._sources.items())
+        value = sum(load(owner)[index] for owner, load in sources)
+        return [otel_metrics.Observation(value)]
+
+    # -- what Counters records ----------------------------------------------------------
+
+    def request(self, outcome: str, reason: str | None, request: Any) -> None:
+        # The host only: never the port's userinfo, the path or the query string.
+        attributes = {OUTCOME: outcome, METHOD: request.method, SERVER: request.url.host}
+        if reason is not None:
+            attributes[BYPASS_REASON] = reason
+        self._requests.add(1, attributes)
+
+    def upstream(self, request: Any) -> None:
+        self._upstream.add(1, {METHOD: request.method, SERVER: request.url.host})
+
+    def flight_ended(self, callers: int) -> None:
+        self._callers.record(callers)
+
+    def bytes_saved(self, amount: int) -> None:
+        self._bytes.add(amount)
+
+    def tokens_saved(self, tokens: Tokens) -> None:
+        for kind, count in tokens.by_type().items():
+            self._tokens.add(count, {TOKEN_TYPE: kind})
+
+    def backend_error(self, kind: str) -> None:
+        self._errors.add(1, {ERROR_TYPE: kind})
+
+
+# One Telemetry per provider; weakly, so a provider a test drops is not kept alive.
+_by_provider: weakref.WeakKeyDictionary[object, Telemetry] = weakref.WeakKeyDictionary()
+_by_provider_lock = threading.Lock()
+
+
+def _telemetry_of(provider: MeterProvider) -> Telemetry:
+    with _by_provider_lock:
+        telemetry = _by_provider.get(provider)
+        if telemetry is None:
+            telemetry = _by_provider[provider] = Telemetry(provider)
+        return telemetry
+
+
+def _records(provider: MeterProvider) -> bool:
+    """Whether *provider* records anything (the API's no-op provider does not)."""
+    return not isinstance(provider, otel_metrics.NoOpMeterProvider)
+
+
+def _global_provider() -> MeterProvider | None:
+    """The global MeterProvider once one is set, else None.
+
+    The API keeps it in a module variable; ``get_meter_provider()`` would return a
+    proxy until then, at a microsecond a call.
+    """
+    provider: MeterProvider | None = getattr(otel_metrics_state, "_METER_PROVIDER", None)
+    return provider
+
+
+class Recorder:
+    """What ``Counters`` needs to know: where to record, and how to find out later."""
+
+    __slots__ = ("probe", "telemetry")
+
+    def __init__(self) -> None:
+        self.telemetry: Telemetry | None = None
+        self.probe: Callable[[], None] | None = None
+
+
+def connect(
+    recorder: Recorder,
+    meter_provider: MeterProvider | None,
+    owner: object,
+    load: Callable[[Any], tuple[int, int]],
+) -> None:
+    """Set *recorder* up for *meter_provider*, or for the global provider if None.
+
+    *owner*'s flights (``load(owner)``) are what the observed instruments count.
+    """
+    if otel_metrics is None:
+        return
+    if meter_provider is not None:
+        if _records(meter_provider):
+            recorder.telemetry = _telemetry_of(meter_provider).watch(owner, load)
+        return
+    # Resolves OTEL_PYTHON_METER_PROVIDER from the environment, once, if it is set there.
+    otel_metrics.get_meter_provider()
+    provider = _global_provider()
+    if provider is not None:
+        if _records(provider):
+            recorder.telemetry = _telemetry_of(provider).watch(owner, load)
+        return
+    owner_ref = weakref.ref(owner)
+
+    def probe() -> None:
+        found = _global_provider()
+        if found is None:
+            return
+        recorder.probe = None
+        target = owner_ref()
+        if target is not None and _records(found):
+            recorder.telemetry = _telemetry_of(found).watch(target, load)
+
+    if not hasattr(otel_metrics_state, "_METER_PROVIDER"):
+        # A future API without that variable: resolve now, through the public call.
+        provider = otel_metrics.get_meter_provider()
+        recorder.telemetry = _telemetry_of(provider).watch(owner, load)
+        return
+    recorder.probe = probe
+
+
+# -- traces --------------------------------------------------------------------------------
+
+
+def span_noter() -> Callable[[str, str | None, str | None, int], None] | None:
+    """How to note a request's outcome on the caller's current span; None without the API."""
+    if otel_trace is None:
+        return None
+    get_current_span = otel_trace.get_current_span
+    client = otel_trace.SpanKind.CLIENT
+
+    def note(outcome: str, reason: str | None, flight_id: str | None, callers: int) -> None:
+        span = get_current_span()
+        if not span.is_recording():
+            return
+        attributes: dict[str, str | int] = {OUTCOME: outcome}
+        if reason is not None:
+            attributes[BYPASS_REASON] = reason
+        if flight_id is not None:
+            attributes[FLIGHT_ID] = flight_id
+        if callers:
+            attributes[CALLERS] = callers
+        # A client span is this request's own (httpx's instrumentation, an SDK's): its
+        # attributes say how it was answered. Any other span (a server's request span,
+        # the application's own) may cover many requests, each overwriting the last:
+        # there it is an event per request.
+        if getattr(span, "kind", client) is client:
+            span.set_attributes(attributes)
+        else:
+            span.add_event("httpx_coalesce.request", attributes)
+
+    return note
+
+
+def error_type(error: BaseException) -> str:
+    """``error.type`` for a backend failure: the class of its cause (a Redis client's
+    ``ConnectionError``, ``TimeoutError``), fully qualified, never its message."""
+    cause = error.__cause__
+    if cause is None:
+        return type(error).__name__
+    kind = type(cause)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
