@@ -22,7 +22,6 @@ from types import ModuleType, TracebackType
 from typing import Any
 
 import anyio
-import sniffio
 
 __all__ = ["LOCAL", "TENANT", "Call", "Fault", "Recorder", "recording_transport"]
 
@@ -100,10 +99,9 @@ class Recorder:
 
 def _current_task() -> object:
     try:
-        sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
+        return anyio.get_current_task().id
+    except RuntimeError:  # no event loop: a sync call
         return None
-    return anyio.get_current_task().id
 
 
 def _no_probe(request: Any) -> object:
