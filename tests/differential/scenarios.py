@@ -675,3 +675,81 @@ def assert_invisible(scenario: Scenario, server: DifferentialServer, upload: Pat
     if scenario.body in STREAMED_BODIES:
         assert together.stats.bypassed.get("streamed_body", 0) == len(together.recorder.calls), together.stats
     return alone, together
+
+
+def alone_and_overlapping(
+    scenario: Scenario, server: DifferentialServer, upload: Path, callers: int = 3
+) -> tuple[CallerSeen, Outcome]:
+    """Play *scenario* alone, then with overlapping identical callers: one call, made
+    with the first caller's request in its context; nothing hangs, nothing escapes."""
+    alone = run(scenario, server, upload, coalesce=False)
+    assert not alone.seen.hung
+    assert alone.seen.escaped == ()
+    together = run(scenario, server, upload, coalesce=True, callers=callers)
+    assert not together.seen.hung, together.seen
+    assert together.seen.escaped == ()
+    # One call, with the first caller's request, in the first caller's context.
+    assert together.seen.inner == alone.seen.inner
+    assert together.stats is not None
+    assert together.stats.upstream_calls == 1, together.stats
+    return alone.seen.callers[0], together
+
+
+def as_follower(seen: CallerSeen, error_type: type[BaseException] | None = None) -> CallerSeen:
+    """What a follower must see, given what the caller saw alone."""
+    seen = without_cookies(seen)
+    if seen.error is None:
+        return seen
+    error = replace(
+        seen.error,
+        type=error_type or seen.error.type,
+        # A fresh exception: the follower's own request, caused by the original.
+        request="own",
+        is_inner_original=False,
+        cause_is_inner_original=True,
+        # Where a follower's traceback runs is not specified; its message only for a
+        # BaseException turned into a transport error.
+        traceback_through_inner=False,
+        message="" if error_type is not None else seen.error.message,
+    )
+    return replace(seen, error=error)
+
+
+def comparable(seen: CallerSeen, keep_message: bool = True) -> CallerSeen:
+    """*seen* less what is not specified for a follower (see ``as_follower``)."""
+    if seen.error is None:
+        return seen
+    error = replace(
+        seen.error, traceback_through_inner=False, message=seen.error.message if keep_message else ""
+    )
+    return replace(seen, error=error)
+
+
+def follower_error(scenario: Scenario) -> type[BaseException] | None:
+    """What a follower gets for a BaseException of the leader's (None: the same type as
+    the leader's error): a TransportError before the head, a ReadError mid-body."""
+    if scenario.fault not in BASE_EXCEPTIONS:
+        return None
+    if isinstance(scenario.fault_at, int):
+        return scenario.module.ReadError  # type: ignore[no-any-return]
+    return scenario.module.TransportError  # type: ignore[no-any-return]
+
+
+def assert_shared(
+    scenario: Scenario, server: DifferentialServer, upload: Path, callers: int = 3
+) -> tuple[CallerSeen, Outcome]:
+    """Overlapping identical callers: the first sees what it saw alone, the others the
+    same less its Set-Cookie, and, for an error, a fresh one caused by the original."""
+    alone, together = alone_and_overlapping(scenario, server, upload, callers)
+    leader, *followers = together.seen.callers
+    assert leader == alone
+    error_type = follower_error(scenario)
+    expected = as_follower(alone, error_type)
+    assert [comparable(seen, keep_message=error_type is None) for seen in followers] == [expected] * (
+        callers - 1
+    )
+    # Only the first caller's response says it led (a caller with an error has none).
+    infos = [seen.coalesce for seen in together.seen.callers]
+    assert infos[0] is None or infos[0].leader is True
+    assert all(info is None or info.leader is False for info in infos[1:])
+    return alone, together

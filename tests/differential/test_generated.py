@@ -23,6 +23,7 @@ from .scenarios import (
     Route,
     Scenario,
     assert_invisible,
+    assert_shared,
 )
 from .server import DifferentialServer
 
@@ -104,3 +105,63 @@ def test_a_lone_caller_cannot_tell_the_transport_is_there(
     scenario: Scenario, server: DifferentialServer, upload: Path
 ) -> None:
     assert_invisible(scenario, server, upload)
+
+
+#: What the server and the inner transport do while several callers overlap: the server
+#: always holds something (the head, or with a streaming caller the body) until every
+#: caller has joined, so the callers do overlap. (route, fault, fault_at)
+_SHARED_BEHAVIOURS: dict[str, tuple[Route, str | None, str | int]] = {
+    "answers": (Route(slow=True), None, "send"),
+    "answers a big body": (Route(size=LARGE, hold_body=True), None, "send"),
+    "streams chunks": (Route(size=LARGE, mode="chunked", hold_body=True), None, "send"),
+    "streams events": (Route(size=SMALL, mode="sse", hold_body=True), None, "send"),
+    "fails after the head": (Route(slow=True), "read_error", "head"),
+    "closes mid big body": (Route(size=LARGE, hold_body=True, cut=LARGE // 2), None, "send"),
+    "fails mid big body": (Route(size=LARGE, hold_body=True), "read_error", 4000),
+}
+
+
+@st.composite
+def shared_scenarios(draw: st.DrawFn) -> Scenario:
+    lib = draw(st.sampled_from(sorted(LIBRARIES)))
+    runtime = draw(st.sampled_from(RUNTIMES))
+    stream = draw(st.booleans())
+    behaviour = draw(st.sampled_from([*_SHARED_BEHAVIOURS, "raises a BaseException"]))
+    if behaviour == "raises a BaseException":
+        kinds = [kind for kind in BASE_EXCEPTIONS if kind != "cancelled" or runtime == "asyncio"]
+        fault: str | None = draw(st.sampled_from(kinds))
+        at: str | int = "head"
+        route = Route(slow=True)
+        if stream and draw(st.booleans()):
+            at, route = 4000, Route(size=LARGE, hold_body=True)
+    else:
+        route, fault, at = _SHARED_BEHAVIOURS[behaviour]
+    if not stream:
+        # Nobody sees a head before the body without streaming: hold the head instead.
+        route = Route(size=route.size, mode=route.mode, slow=True, cut=route.cut)
+    route = Route(
+        size=route.size,
+        mode=route.mode,
+        slow=route.slow,
+        hold_body=route.hold_body,
+        cut=route.cut,
+        cookie=draw(st.booleans()),
+    )
+    # Bodies in memory only: a streamed body passes through and is never shared.
+    body = draw(st.sampled_from(["none", "bytes", "json"]))
+    return Scenario(lib, runtime, route=route, body=body, stream=stream, fault=fault, fault_at=at)
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(scenario=shared_scenarios(), callers=st.integers(min_value=2, max_value=4))
+def test_overlapping_callers_share_one_call_and_see_what_the_first_saw(
+    scenario: Scenario, callers: int, server: DifferentialServer, upload: Path
+) -> None:
+    assert_shared(scenario, server, upload, callers)
