@@ -36,9 +36,11 @@ class _StatsCollector(Collector):
             "Requests the gateway's transport handled, by outcome.",
             labels=["outcome", "bypass_reason"],
         )
-        # A flight's leader either called upstream or, with Redis, followed another
-        # process's call: both led their local flight.
-        requests.add_metric(["led", ""], stats.upstream_calls + stats.redis_followed)
+        # Every request is counted once, with its final outcome: what did not join, come
+        # from the window or pass through led its flight (with Redis, perhaps by
+        # following another process's call).
+        led = stats.requests - stats.coalesced - stats.window_hits - stats.bypassed_total
+        requests.add_metric(["led", ""], max(led, 0))
         requests.add_metric(["joined", ""], stats.coalesced)
         requests.add_metric(["window", ""], stats.window_hits)
         for reason, count in sorted(stats.bypassed.items()):
@@ -47,14 +49,17 @@ class _StatsCollector(Collector):
         yield CounterMetricFamily(
             "httpx_coalesce_upstream_calls",
             "Requests that reached the upstream, pass-through included.",
-            value=stats.upstream_calls + stats.bypassed_total,
+            value=stats.upstream_calls,
         )
         yield CounterMetricFamily(
             "httpx_coalesce_bytes_saved", "Response bytes not fetched again.", value=stats.bytes_saved
         )
-        yield CounterMetricFamily(
-            "httpx_coalesce_tokens_saved", "LLM tokens not paid for again.", value=stats.tokens_saved
+        tokens = CounterMetricFamily(
+            "httpx_coalesce_tokens_saved", "LLM tokens not paid for again, by type.", labels=["type"]
         )
+        for kind, count in sorted(stats.tokens_saved_by_type.items()):
+            tokens.add_metric([kind], count)
+        yield tokens
         yield CounterMetricFamily(
             "httpx_coalesce_flights_cancelled",
             "Flights whose callers all left before the upstream call ended.",
@@ -72,7 +77,9 @@ class _StatsCollector(Collector):
             "httpx_coalesce_waiters_active", "Callers attached to flights now.", value=stats.waiters
         )
         # Which worker answered this scrape: with --workers, each answers for itself.
-        worker = GaugeMetricFamily("httpx_coalesce_gateway_worker", "The process that answered.", labels=["pid"])
+        worker = GaugeMetricFamily(
+            "httpx_coalesce_gateway_worker", "The process that answered.", labels=["pid"]
+        )
         worker.add_metric([str(os.getpid())], 1)
         yield worker
 
