@@ -64,7 +64,8 @@ class Load:
 
 
 def have(program: str) -> bool:
-    return shutil.which(program) is not None
+    # nginx lives in /usr/sbin, which a non-root PATH may lack.
+    return shutil.which(program) is not None or Path("/usr/sbin", program).exists()
 
 
 def free_port() -> int:

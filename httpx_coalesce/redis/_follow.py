@@ -13,19 +13,23 @@ local flight would, so a follower of one never has to fail a reader.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+
 from .._library import Library
 from .._replay import Head
 from .._upstream import is_buffered
 from ._context import Context
 from ._errors import Garbage, RedisTrouble
-from ._names import is_token
+from ._names import is_token, new_token
 from ._ops import AsyncOps, Entry, Lease, Read, SyncOps
 from ._records import (
     ABORT,
@@ -40,7 +44,89 @@ from ._records import (
     decode_head,
 )
 
-__all__ = ["Moved", "Verdict", "follow_async", "follow_sync"]
+__all__ = ["Moved", "Presence", "Verdict", "follow_async", "follow_sync", "watch_key"]
+
+logger = logging.getLogger("httpx_coalesce.redis")
+
+
+def watch_key(lease: Lease) -> str:
+    """The key that says some process still follows the round of *lease*.
+
+    Named beside the round's stream, in the same hash slot (the request key's tag).
+    """
+    head, _, tail = lease.stream.rpartition("stream:{")
+    return f"{head}watch:{{{tail}"
+
+
+class Presence:
+    """A follower process tells the round's leader it still waits for the answer.
+
+    A leader whose own callers have all left keeps its upstream call going only while
+    some process follows it: each follower takes the round's watch key if it is free
+    (a lease of its own, so it lapses if the process dies) and renews it while it
+    waits or reads; leaving, it deletes the key if it holds it, and any other follower
+    takes it at its next look. Failures here are ignored: the follower's reads meet
+    the same Redis and deal with it.
+    """
+
+    __slots__ = ("_context", "_last", "_lease", "_mine")
+
+    def __init__(self, context: Context, round_lease: Lease) -> None:
+        self._context = context
+        self._lease = Lease(watch_key(round_lease), round_lease.stream, new_token())
+        self._mine = False
+        self._last = -float("inf")
+
+    def _due(self) -> bool:
+        # Twice per heartbeat: a key left by another follower is taken again well
+        # within the time a leader waits before it believes nobody follows.
+        now = time.monotonic()
+        if now - self._last < self._context.settings.interval / 2:
+            return False
+        self._last = now
+        return True
+
+    async def keep_async(self, ops: AsyncOps) -> None:
+        if not self._due():
+            return
+        settings = self._context.settings
+        try:
+            if self._mine:
+                self._mine = await ops.append(
+                    self._lease, (), settings.lease_ms, settings.stream_ttl_ms, final=False
+                )
+            if not self._mine:
+                self._mine = await ops.acquire(self._lease, settings.lease_ms) is None
+        except RedisTrouble as trouble:
+            logger.debug("could not say this process follows: %s", trouble)
+
+    def keep_sync(self, ops: SyncOps) -> None:
+        if not self._due():
+            return
+        settings = self._context.settings
+        try:
+            if self._mine:
+                self._mine = ops.append(self._lease, (), settings.lease_ms, settings.stream_ttl_ms, False)
+            if not self._mine:
+                self._mine = ops.acquire(self._lease, settings.lease_ms) is None
+        except RedisTrouble as trouble:
+            logger.debug("could not say this process follows: %s", trouble)
+
+    async def leave_async(self, ops: AsyncOps) -> None:
+        if not self._mine:
+            return
+        self._mine = False
+        settings = self._context.settings
+        with anyio.CancelScope(shield=True), contextlib.suppress(RedisTrouble):
+            await ops.append(self._lease, (), settings.lease_ms, settings.stream_ttl_ms, True)
+
+    def leave_sync(self, ops: SyncOps) -> None:
+        if not self._mine:
+            return
+        self._mine = False
+        settings = self._context.settings
+        with contextlib.suppress(RedisTrouble):
+            ops.append(self._lease, (), settings.lease_ms, settings.stream_ttl_ms, True)
 
 
 class Verdict(enum.Enum):
@@ -173,11 +259,14 @@ def _advance_sync(reading: Reading, ops: SyncOps) -> None:
 class _Follower:
     """One follower's response as it reaches the caller's library."""
 
-    def __init__(self, context: Context, reading: Reading, request: Any, library: Library) -> None:
+    def __init__(
+        self, context: Context, reading: Reading, request: Any, library: Library, presence: Presence
+    ) -> None:
         self.context = context
         self.reading = reading
         self.request = request
         self.library = library
+        self.presence = presence
 
     def error(self, outcome: Outcome) -> BaseException:
         module = self.library.module
@@ -251,23 +340,28 @@ class _AsyncFollowerStream:
     async def __aiter__(self) -> AsyncIterator[bytes]:
         follower = self._follower
         reading = follower.reading
-        while True:
-            while reading.chunks:
-                yield reading.chunks.popleft()
-            if reading.outcome is ENDED:
-                return
-            if reading.outcome is not None:
-                raise follower.error(reading.outcome)
-            if reading.waited_too_long:
-                raise follower.timeout()
-            try:
-                await _advance_async(reading, self._ops)
-            except RedisTrouble as trouble:
-                raise follower.lost_redis(trouble) from None
+        try:
+            while True:
+                while reading.chunks:
+                    yield reading.chunks.popleft()
+                if reading.outcome is ENDED:
+                    return
+                if reading.outcome is not None:
+                    raise follower.error(reading.outcome)
+                if reading.waited_too_long:
+                    raise follower.timeout()
+                try:
+                    await follower.presence.keep_async(self._ops)
+                    await _advance_async(reading, self._ops)
+                except RedisTrouble as trouble:
+                    raise follower.lost_redis(trouble) from None
+        finally:
+            await follower.presence.leave_async(self._ops)
 
     async def aclose(self) -> None:
-        # Holds nothing: a read in progress belongs to the iteration being stopped.
-        return
+        # A read in progress belongs to the iteration being stopped; this process no
+        # longer follows the round.
+        await self._follower.presence.leave_async(self._ops)
 
 
 class _SyncFollowerStream:
@@ -278,46 +372,65 @@ class _SyncFollowerStream:
     def __iter__(self) -> Iterator[bytes]:
         follower = self._follower
         reading = follower.reading
-        while True:
-            while reading.chunks:
-                yield reading.chunks.popleft()
-            if reading.outcome is ENDED:
-                return
-            if reading.outcome is not None:
-                raise follower.error(reading.outcome)
-            if reading.waited_too_long:
-                raise follower.timeout()
-            try:
-                _advance_sync(reading, self._ops)
-            except RedisTrouble as trouble:
-                raise follower.lost_redis(trouble) from None
+        try:
+            while True:
+                while reading.chunks:
+                    yield reading.chunks.popleft()
+                if reading.outcome is ENDED:
+                    return
+                if reading.outcome is not None:
+                    raise follower.error(reading.outcome)
+                if reading.waited_too_long:
+                    raise follower.timeout()
+                try:
+                    follower.presence.keep_sync(self._ops)
+                    _advance_sync(reading, self._ops)
+                except RedisTrouble as trouble:
+                    raise follower.lost_redis(trouble) from None
+        finally:
+            follower.presence.leave_sync(self._ops)
 
     def close(self) -> None:
-        return
+        self._follower.presence.leave_sync(self._ops)
 
 
 async def follow_async(context: Context, ops: AsyncOps, lease: Lease, request: Any, library: Library) -> Any:
     """The response of the round led by *lease*'s holder, or a :class:`Verdict`."""
     reading = Reading(lease, context.settings.wait_limit(request.extensions))
+    presence = Presence(context, lease)
+    settled: Any = None
     try:
         while not reading.ready(request.method, context):
             if reading.waited_too_long:
                 return Verdict.ALONE
+            await presence.keep_async(ops)
             await _advance_async(reading, ops)
+        settled = _Follower(context, reading, request, library, presence).settle(True, ops)
+        return settled
     except RedisTrouble as trouble:
         context.report(trouble)
         return Verdict.ALONE
-    return _Follower(context, reading, request, library).settle(True, ops)
+    finally:
+        # A live response keeps following as its readers read; anything else is over.
+        if not isinstance(settled, library.Response) or reading.outcome is not None:
+            await presence.leave_async(ops)
 
 
 def follow_sync(context: Context, ops: SyncOps, lease: Lease, request: Any, library: Library) -> Any:
     reading = Reading(lease, context.settings.wait_limit(request.extensions))
+    presence = Presence(context, lease)
+    settled: Any = None
     try:
         while not reading.ready(request.method, context):
             if reading.waited_too_long:
                 return Verdict.ALONE
+            presence.keep_sync(ops)
             _advance_sync(reading, ops)
+        settled = _Follower(context, reading, request, library, presence).settle(False, ops)
+        return settled
     except RedisTrouble as trouble:
         context.report(trouble)
         return Verdict.ALONE
-    return _Follower(context, reading, request, library).settle(False, ops)
+    finally:
+        if not isinstance(settled, library.Response) or reading.outcome is not None:
+            presence.leave_sync(ops)

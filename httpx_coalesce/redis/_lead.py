@@ -5,11 +5,17 @@ through and appends them to the round's Redis stream on the way. Publishing is b
 effort: if Redis fails or the lease is lost, the leader stops publishing and its own
 callers carry on as if there were no Redis. It never publishes after losing its lease,
 since every append checks the lease in the same script.
+
+On an event loop the call runs in a task of its own (``_FleetCall``), so it can outlive
+the local flight while another process still follows the round; a sync leader runs it
+in its caller's thread and stops with its callers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -18,13 +24,15 @@ import anyio
 from .._library import Library
 from .._limits import Limits
 from .._replay import Head
-from .._tasks import cancelled_from_outside
+from .._tasks import cancelled_from_outside, spawn_detached
 from .._upstream import is_buffered
 from ._context import Context
 from ._errors import RedisTrouble
+from ._follow import watch_key
 from ._keeper import Hold
 from ._ops import AsyncOps, Lease, SyncOps
 from ._records import ABORT, CHUNK, END, MOVED, TOO_LARGE, Record, error_record, head_record
+from ._settings import Settings
 
 __all__ = ["Lead", "lead_async", "lead_sync"]
 
@@ -115,6 +123,13 @@ class Lead:
     @property
     def limits(self) -> Limits:
         return self._context.limits
+
+    @property
+    def settings(self) -> Settings:
+        return self._context.settings
+
+    def report(self, trouble: RedisTrouble) -> None:
+        self._context.report(trouble)
 
     def _batch(self) -> tuple[list[Record], bool] | None:
         if self.stopped:
@@ -213,47 +228,176 @@ def _wrap(response: Any, stream: Any, request: Any, library: Library) -> Any:
     )
 
 
-class _AsyncLeaderStream:
-    def __init__(self, response: Any, lead: Lead, ops: AsyncOps) -> None:
-        self._response = response
+#: Chunks the fleet call hands its local flight ahead of its reading: the local flight
+#: pauses the upstream as it would alone, through this small a buffer.
+_LOCAL_BUFFER = 16
+
+
+class _End:
+    __slots__ = ()
+
+
+_END = _End()
+
+
+class _FleetCall:
+    """The fleet leader's upstream call, in a task of its own apart from the local flight.
+
+    It sends the request, publishes the response as it comes and hands it to the local
+    flight. When the local flight stops listening (its callers all left), the call goes
+    on while another process still follows the round (see ``Presence``), so that no
+    follower has to elect a leader that would send the call again; once nobody has
+    followed for a heartbeat, or nothing more can reach a follower, it stops.
+    """
+
+    def __init__(self, lead: Lead, ops: AsyncOps, request: Any, library: Library, send: Any) -> None:
         self._lead = lead
         self._ops = ops
-        self._closed = False
+        self._request = request
+        self._library = library
+        self._send = send
+        self._to_local, self.from_local = anyio.create_memory_object_stream[object](_LOCAL_BUFFER)
+        self._local_gone = anyio.Event()
+        #: Set once the head (``response``) or an error before it (``error``) is known.
+        self.headed = anyio.Event()
+        self.response: Any = None
+        self.error: BaseException | None = None
+        self._watch = watch_key(lead.hold.lease)
+
+    def local_left(self) -> None:
+        """The local flight stopped listening: from now on the call is the followers'."""
+        self._local_gone.set()
+        self.from_local.close()
+
+    async def run(self) -> None:
+        lead = self._lead
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._watch_followers, group.cancel_scope)
+                await self._exchange()
+                group.cancel_scope.cancel()
+        except Exception as error:  # a bug of ours: end the round, never the event loop
+            logger.exception("fleet call failed: %s", error)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if not lead.publication.closed:
+                    # Stopped before the end: followers elect a new leader (or,
+                    # mid-body, stop with an error).
+                    lead.publication.abort()
+                await lead.flush_async(self._ops)
+            lead.hold.release()
+            if not self.headed.is_set():
+                self.error = self.stopped_error()
+                self.headed.set()
+            self._to_local.close()
+
+    def stopped_error(self) -> BaseException:
+        """For the local flight, when the call stopped without an answer of its own."""
+        error: BaseException = self._library.module.ReadError(
+            "the fleet call stopped before the end of the response", request=self._request
+        )
+        return error
+
+    async def _exchange(self) -> None:
+        lead, ops = self._lead, self._ops
+        publication = lead.publication
+        await lead.announce_async(ops)
+        try:
+            response = await self._send(self._request)
+        except BaseException as error:
+            if cancelled_from_outside(error):
+                raise
+            publication.fail(error)
+            await lead.flush_async(ops)
+            self.error = error
+            self.headed.set()
+            return
+        try:
+            head = Head.of(response)
+            if publication.start(head, is_buffered(head, self._request.method, lead.limits)):
+                await lead.flush_async(ops)
+            self.response = response
+            self.headed.set()
+            try:
+                async for chunk in response.stream:
+                    if chunk:
+                        # Local readers first: the Redis round trip happens while they read.
+                        await self._deliver(chunk)
+                        if publication.chunk(chunk):
+                            await lead.flush_async(ops)
+            except BaseException as error:
+                # A BaseException from below (not this task's cancellation) is an
+                # answer too: followers elsewhere must not elect a leader to send the
+                # call again.
+                if cancelled_from_outside(error):
+                    raise
+                publication.fail(error)
+                await lead.flush_async(ops)
+                await self._deliver(error)
+                return
+            publication.end()
+            await lead.flush_async(ops)
+            await self._deliver(_END)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+
+    async def _deliver(self, item: object) -> None:
+        if self._local_gone.is_set():
+            return
+        # The local flight may have left meanwhile.
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await self._to_local.send(item)
+
+    async def _watch_followers(self, scope: anyio.CancelScope) -> None:
+        """Once the local flight has left, stop the call when no process follows it."""
+        await self._local_gone.wait()
+        lead = self._lead
+        interval = lead.settings.interval
+        unfollowed_since: float | None = None
+        while True:
+            if lead.stopped or lead.publication.closed:
+                # Nothing more can reach a follower (the lease or Redis is lost, or
+                # the body passed the limit): the call serves nobody now.
+                scope.cancel()
+                return
+            if await self._followed():
+                unfollowed_since = None
+            else:
+                now = time.monotonic()
+                if unfollowed_since is None:
+                    unfollowed_since = now
+                elif now - unfollowed_since >= interval:
+                    scope.cancel()
+                    return
+            await anyio.sleep(interval / 2)
+
+    async def _followed(self) -> bool:
+        try:
+            read = await self._ops.read(self._watch, self._lead.hold.lease.stream, b"$", None)
+        except RedisTrouble as trouble:
+            self._lead.report(trouble)
+            return False
+        return read.lease is not None
+
+
+class _AsyncLeaderStream:
+    def __init__(self, call: _FleetCall) -> None:
+        self._call = call
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        lead = self._lead
-        publication = lead.publication
-        try:
-            async for chunk in self._response.stream:
-                if chunk:
-                    # Local readers first: the Redis round trip happens while they read.
-                    yield chunk
-                    if publication.chunk(chunk):
-                        await lead.flush_async(self._ops)
-        except BaseException as error:
-            # A BaseException from below (not this task's cancellation, nor the reader
-            # closing this generator early) is an answer too: followers elsewhere must
-            # not elect a leader to send the call again.
-            if not isinstance(error, GeneratorExit) and not cancelled_from_outside(error):
-                publication.fail(error)
-                await lead.flush_async(self._ops)
-            raise
-        publication.end()
-        await lead.flush_async(self._ops)
+        async for item in self._call.from_local:
+            if isinstance(item, bytes):
+                yield item
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                return
+        # The channel closed without an end: the call was stopped from outside.
+        raise self._call.stopped_error()
 
     async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            await self._response.aclose()
-        finally:
-            # Still open here means the local flight stopped reading before the end:
-            # followers elect a new leader (or, mid-body, stop with an error).
-            self._lead.publication.abort()
-            with anyio.CancelScope(shield=True):
-                await self._lead.flush_async(self._ops)
-            self._lead.hold.release()
+        self._call.local_left()
 
 
 class _SyncLeaderStream:
@@ -293,35 +437,22 @@ class _SyncLeaderStream:
 
 
 async def lead_async(lead: Lead, ops: AsyncOps, request: Any, library: Library, send: Any) -> Any:
-    """Send *request* upstream for the fleet; the response publishes itself as it is read."""
-    publication = lead.publication
+    """Send *request* upstream for the fleet, in a task of its own (see ``_FleetCall``);
+    the response for the local flight reads what that task hands it."""
+    call = _FleetCall(lead, ops, request, library, send)
+    spawn_detached(call.run)
     try:
-        await lead.announce_async(ops)
-        try:
-            response = await send(request)
-        except BaseException as error:
-            if not cancelled_from_outside(error):
-                publication.fail(error)
-                await lead.flush_async(ops)
-            raise
-        stream = library.stream_class(_AsyncLeaderStream, is_async=True)(response, lead, ops)
-        wrapped = _wrap(response, stream, request, library)
-        head = Head.of(response)
-        try:
-            if publication.start(head, is_buffered(head, request.method, lead.limits)):
-                await lead.flush_async(ops)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
-            raise
-        return wrapped
+        await call.headed.wait()
     except BaseException:
-        # Cancelled, or failed upstream: either way the lease goes now, not at expiry.
-        publication.abort()
-        with anyio.CancelScope(shield=True):
-            await lead.flush_async(ops)
-        lead.hold.release()
+        # The local flight gave up waiting (its callers all left): the call goes on for
+        # whoever follows it elsewhere, and stops itself if nobody does.
+        call.local_left()
         raise
+    if call.error is not None:
+        call.local_left()
+        raise call.error
+    stream = library.stream_class(_AsyncLeaderStream, is_async=True)(call)
+    return _wrap(call.response, stream, request, library)
 
 
 def lead_sync(lead: Lead, ops: SyncOps, request: Any, library: Library, send: Any) -> Any:

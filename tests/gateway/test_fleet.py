@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -9,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from httpx_coalesce._demo.fake_api import FakeLLMAPI
@@ -104,3 +106,41 @@ def test_four_workers_on_redis_send_one_upstream_call(
     assert len(set(ids)) == 1
     # Callers waited in more than one worker, or the test proved nothing about the fleet.
     assert sum(1 for peak in workers.peak.values() if peak) >= 2
+
+
+def test_the_leading_gateway_keeps_its_call_while_a_client_of_another_still_waits(
+    start_gateway: Callable[..., GatewayProcess],
+    fake_api: FakeLLMAPI,
+    fake_api_server: tuple[FakeLLMAPI, LocalServer],
+    fleet_redis: str,
+) -> None:
+    prefix = f"httpx-coalesce-gateway-test:{uuid.uuid4().hex[:12]}:"
+    flags = ("--route", f"/fake={fake_api_server[1].url}", "--redis", fleet_redis, "--redis-prefix", prefix)
+    leading, following = start_gateway(*flags), start_gateway(*flags)
+    hold = threading.Event()
+    fake_api.hold = hold
+    path = "/fake/v1/chat/completions"
+    headers = {"authorization": "Bearer sk-fleet"}
+    # The leaver sends, on a socket it will close, the very request httpx sends below.
+    with httpx.Client() as client:
+        request = client.build_request("POST", leading.url + path, json=CHAT, headers=headers)
+    head = "".join(f"{name}: {value}\r\n" for name, value in request.headers.items())
+    watching = redis.Redis.from_url(fleet_redis)
+    leaver = socket.create_connection(("127.0.0.1", leading.port))
+    try:
+        leaver.sendall(f"POST {path} HTTP/1.1\r\n{head}\r\n".encode() + request.content)
+        wait_for(lambda: fake_api.held == 1)
+        with ThreadPoolExecutor(1) as pool:
+            staying = pool.submit(httpx.post, following.url + path, json=CHAT, headers=headers, timeout=30)
+            # The other gateway follows the round in Redis...
+            wait_for(lambda: any(watching.scan_iter(match=f"{prefix}watch:*")))
+            # ...when the only client of the leading one leaves.
+            leaver.close()
+            wait_for(lambda: leading.waiters() == 0)
+            hold.set()
+            response = staying.result()
+    finally:
+        leaver.close()
+        watching.close()
+    assert response.status_code == 200
+    assert fake_api.hits == 1

@@ -322,7 +322,7 @@ async def test_upstream_failure_mid_stream_reaches_a_streaming_follower_after_it
 
 
 @asyncio_only
-async def test_leader_whose_callers_all_leave_hands_the_round_to_one_follower(
+async def test_leader_whose_callers_all_leave_keeps_its_call_for_a_follower_elsewhere(
     upstream: Upstream,
     base_url: str,
     redis_url: str,
@@ -349,14 +349,37 @@ async def test_leader_whose_callers_all_leave_hands_the_round_to_one_follower(
                 group.start_soon(call, second)
                 await until(following(redis_client, prefix, "follower"))
                 leader_callers.cancel_scope.cancel()
-            # The follower takes over at once (an abort record, not the lease expiry).
-            await until(lambda: upstream.hits["/echo"] == 2)
+            # The leading process's flight is gone, its upstream call is not: a process
+            # still follows it, and would otherwise send the call a second time.
+            await until(lambda: leader.stats().cancelled_flights == 1)
             upstream.gate.set()
 
     assert len(bodies) == 1
-    assert orjson.loads(bodies[0])["hit"] == 2
+    assert orjson.loads(bodies[0])["hit"] == 1
+    assert upstream.hits["/echo"] == 1
+    assert upstream.disconnects == 0
+    assert (follower.stats().redis_led, follower.stats().redis_followed) == (0, 1)
+
+
+@asyncio_only
+async def test_leader_whose_callers_all_leave_stops_its_call_when_nobody_follows(
+    upstream: Upstream,
+    base_url: str,
+    redis_url: str,
+    prefix: str,
+    make_transport: MakeTransport,
+) -> None:
+    # A short lease: the leader looks for followers every half heartbeat (0.1 s here).
+    leader = make_transport(backend=backend(redis_url, prefix, "leader", lease=0.6))
+    upstream.hold()
+    async with httpx.AsyncClient(transport=leader, base_url=base_url) as client:
+        async with anyio.create_task_group() as callers:
+            callers.start_soon(client.post, "/echo")
+            await until(lambda: upstream.hits["/echo"] == 1)
+            callers.cancel_scope.cancel()
+        # Nobody follows the round anywhere: the call is cancelled, as without Redis.
+        await until(lambda: upstream.disconnects == 1)
     assert leader.stats().cancelled_flights == 1
-    assert (follower.stats().redis_led, follower.stats().upstream_calls) == (1, 1)
 
 
 @asyncio_only
