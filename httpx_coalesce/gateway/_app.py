@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -26,6 +26,9 @@ except ImportError:  # pragma: no cover - httpx2 needs Python 3.11
 from .. import DEFAULT_IGNORED_HEADERS, CoalesceInfo, CoalescingTransport, Limits
 from ._config import CONFIG_ENV, GatewayConfig
 from ._proxy import request_headers, response_headers, upstream_url
+
+if TYPE_CHECKING:
+    from ._metrics import Metrics
 
 __all__ = ["FORWARDING_HEADERS", "Gateway", "app_from_env"]
 
@@ -82,36 +85,46 @@ class Gateway:
             "pool": config.pool_timeout,
         }
         self._transport: CoalescingTransport | None = None
-        self._metrics: Any = None
+        self._metrics: Metrics | None = None
 
     @property
     def transport(self) -> CoalescingTransport:
         """Made on first use, inside the serving event loop (its connection pool is tied to it)."""
         if self._transport is None:
-            config = self.config
-            inner = http.AsyncHTTPTransport(
-                limits=http.Limits(
-                    max_connections=config.max_connections, max_keepalive_connections=config.max_connections
-                )
-            )
-            backend = None
-            if config.redis:
-                from ..redis import RedisBackend
-
-                backend = RedisBackend.from_url(config.redis, prefix=config.redis_prefix)
-            self._transport = CoalescingTransport(
-                transport=inner,
-                backend=backend,
-                window=config.window,
-                ignore_headers=DEFAULT_IGNORED_HEADERS | FORWARDING_HEADERS,
-                limits=Limits(
-                    max_flights=config.max_flights,
-                    max_waiters=config.max_waiters,
-                    max_body_bytes=config.max_body_bytes,
-                    max_request_bytes=config.max_request_body,
-                ),
-            )
+            self._transport = self._start()
         return self._transport
+
+    def _start(self) -> CoalescingTransport:
+        """The transport, and the metrics it records into."""
+        # The OpenTelemetry SDK and its exporter are imported with the first request,
+        # so that importing the app stays cheap.
+        from ._metrics import Metrics
+
+        config = self.config
+        self._metrics = Metrics()
+        backend = None
+        if config.redis:
+            from ..redis import RedisBackend
+
+            backend = RedisBackend.from_url(config.redis, prefix=config.redis_prefix)
+        inner = http.AsyncHTTPTransport(
+            limits=http.Limits(
+                max_connections=config.max_connections, max_keepalive_connections=config.max_connections
+            )
+        )
+        return CoalescingTransport(
+            transport=inner,
+            backend=backend,
+            window=config.window,
+            ignore_headers=DEFAULT_IGNORED_HEADERS | FORWARDING_HEADERS,
+            meter_provider=self._metrics.meter_provider,
+            limits=Limits(
+                max_flights=config.max_flights,
+                max_waiters=config.max_waiters,
+                max_body_bytes=config.max_body_bytes,
+                max_request_bytes=config.max_request_body,
+            ),
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -139,6 +152,9 @@ class Gateway:
         transport, self._transport = self._transport, None
         if transport is not None:
             await transport.aclose()
+        metrics, self._metrics = self._metrics, None
+        if metrics is not None:
+            metrics.close()
 
     # -- one request ------------------------------------------------------------------
 
@@ -277,13 +293,12 @@ class Gateway:
         await send({"type": "http.response.body", "body": b""})
 
     async def _serve_metrics(self, send: Send) -> None:
-        if self._metrics is None:
-            from ._metrics import Metrics
-
-            self._metrics = Metrics(self.transport.stats)
+        if self._transport is None:
+            self._transport = self._start()
         from ._metrics import CONTENT_TYPE
 
-        body: bytes = self._metrics.render()
+        assert self._metrics is not None
+        body = self._metrics.render()
         await send(
             {
                 "type": "http.response.start",

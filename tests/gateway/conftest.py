@@ -68,18 +68,29 @@ class GatewayProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def metrics(self) -> dict[str, float]:
-        """Every sample of one scrape, by name and labels: ``name{label=value,...}``."""
+    def metrics(self) -> list[tuple[str, dict[str, str], float]]:
+        """Every sample of one scrape: name, labels (OpenTelemetry's scope labels left out), value."""
         text = httpx.get(self.url + "/metrics", timeout=5).text
-        samples: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(f"{name}={value}" for name, value in sorted(sample.labels.items()) if value)
-                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-        return samples
+        return [
+            (
+                sample.name,
+                {k: v for k, v in sample.labels.items() if not k.startswith("otel_scope")},
+                sample.value,
+            )
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        ]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of *name* that carry *labels* (0 if there is none yet)."""
+        return sum(
+            value
+            for sample, found, value in self.metrics()
+            if sample == name and all(found.get(key) == wanted for key, wanted in labels.items())
+        )
 
     def waiters(self) -> int:
-        return int(self.metrics()["httpx_coalesce_waiters_active"])
+        return int(self.metric("httpx_coalesce_waiters_active"))
 
     def log(self) -> str:
         self._log.seek(0)
