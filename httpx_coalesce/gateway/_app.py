@@ -230,14 +230,17 @@ class Gateway:
         assert task is not None
         watch = _Watch()
         watcher = asyncio.get_running_loop().create_task(watch.run(receive, task))
-        status, outcome = 502, "error"
+        # 499 (nginx's "client closed request") until a response is under way.
+        status, outcome = 499, "waiting"
         try:
             try:
                 response = await self.transport.handle_async_request(request)
             except http.TimeoutException:
+                watch.finished = True
                 await _plain(send, 504, b"upstream timed out\n")
                 return 504, "error"
             except http.TransportError as error:
+                watch.finished = True
                 logger.info("upstream failed: %s", type(error).__name__)
                 await _plain(send, 502, b"upstream unreachable\n")
                 return 502, "error"

@@ -71,6 +71,7 @@ def test_the_upstream_call_is_cancelled_when_its_last_client_leaves(
     wait_for(lambda: upstream.streams_closed == 1)
     assert not upstream.gate.is_set()
     wait_for(lambda: gateway.waiters() == 0)
+    wait_for(lambda: '/up/sse" 200 led,client-gone' in gateway.log())
 
 
 def test_a_stalled_client_does_not_stall_the_others_of_its_flight(
