@@ -54,3 +54,30 @@ def test_a_provider_set_after_the_transport_was_used_records_from_then_on() -> N
 
 def test_with_no_provider_nothing_records_and_the_transport_keeps_looking() -> None:
     assert run("never") == {"stats_requests": 3, "live": False, "probing": True}
+
+
+WITHOUT_OPENTELEMETRY = """
+import sys
+sys.modules["opentelemetry"] = None  # as if the otel extra were not installed
+import httpx
+from httpx_coalesce import CoalescingTransport
+
+transport = CoalescingTransport(httpx.MockTransport(lambda request: httpx.Response(200, json={})))
+counters = transport._counters
+assert (counters.recorder.telemetry, counters.recorder.probe, counters._note_span) == (None, None, None)
+with httpx.Client(transport=transport) as client:
+    assert client.get("http://upstream.test/").status_code == 200
+assert transport.stats().upstream_calls == 1
+try:
+    CoalescingTransport(meter_provider=object())
+except TypeError as error:
+    print(error)
+"""
+
+
+def test_without_opentelemetry_the_transport_works_and_a_provider_is_refused_with_the_fix() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_OPENTELEMETRY], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert 'pip install "httpx-coalesce[otel]"' in done.stdout
