@@ -5,17 +5,20 @@ The only module that knows OpenTelemetry, and it needs only ``opentelemetry-api`
 two views cannot drift apart.
 
 Cost is the point of the design. With no OpenTelemetry, or none configured, the
-transport's hot path pays one ``None`` check per recording site: ``Counters.telemetry``
-is None until a real MeterProvider is known. The global provider is the hard case: the
-API hands out a proxy until the application calls ``set_meter_provider``, maybe after
-the transport was built. Recording through the proxy would cost the attributes and
-calls of every measurement for nothing, and ``get_meter_provider()`` itself costs about
-a microsecond (it reads ``os.environ`` on every call), so until a provider is set a
-probe (``Counters.probe``) reads the API's own global once per request, and swaps the
-live instruments in as soon as it is set.
+transport's hot path pays one ``None`` check per recording site:
+``Counters.recorder.telemetry`` is None until a real MeterProvider is known. The global
+provider is the hard case: the API hands out a proxy until the application calls
+``set_meter_provider``, maybe after the transport was built. Recording through the
+proxy would cost the attributes and calls of every measurement for nothing, and
+``get_meter_provider()`` itself costs about a microsecond (it reads ``os.environ`` on
+every call), so until a provider is set a probe (``recorder.probe``) reads the API's
+own global once per request, and swaps the live instruments in as soon as it is set.
 
-``flights.active`` and ``waiters.active`` are observed at collection time from the same
-figures as ``stats().in_flight`` and ``waiters``: exact, and free on the hot path.
+With a provider, what every request moves (``requests``, ``upstream_calls``) is kept
+here as totals by attribute values and observed at collection, as are
+``flights.active`` and ``waiters.active`` (from the figures ``stats()`` reads): an SDK's
+synchronous ``add`` costs 2.5-5 µs. Rarer events (a flight shared, bytes and tokens
+saved, a backend error) are recorded as they happen.
 """
 
 from __future__ import annotations
