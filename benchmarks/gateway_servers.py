@@ -4,7 +4,7 @@
 server, one worker each, against the same loopback upstream, in alternating rounds:
 added latency over calling the upstream directly (one connection, unique keys) and
 throughput with the gateway's CPU per request (32 connections). Writes
-``benchmarks/results/gateway_servers.json`` and prints a table.
+``benchmarks/results/gateway_servers.json`` and ``.md``, and prints the table.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import json
 import statistics
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
 
 from .gateway_tools import PYTHON, ROOT, Process, free_port, tree_cpu, wrk
 from .server import BenchServer
@@ -48,7 +50,13 @@ def _gateway_env(upstream: str) -> dict[str, str]:
     return {CONFIG_ENV: config.to_json()}
 
 
+def _loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def main(argv: Sequence[str] = ()) -> int:
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    load_before = _loadavg()
     results: dict[str, dict[str, list[float]]] = {}
     with BenchServer() as upstream:
         env = _gateway_env(upstream.url)
@@ -86,17 +94,31 @@ def main(argv: Sequence[str] = ()) -> int:
     }
     out = ROOT / "benchmarks" / "results" / "gateway_servers.json"
     out.write_text(json.dumps({"rounds": results, "medians": medians}, indent=1) + "\n")
-    print("| server | added p50 | added p99 | requests/s (32 conns) | gateway CPU per request |")
-    print("|---|---|---|---|---|")
+    lines = [
+        "# Which ASGI server the gateway runs on",
+        "",
+        f"`python -m benchmarks.gateway_servers`, {started}, {ROUNDS} alternating rounds; load average "
+        f"{load_before} at the start, {_loadavg()} at the end, on 2 cores shared with other work. "
+        "The same app, one worker each, in front of the same loopback upstream; wrk with unique bodies.",
+        "",
+        "| server | added p50 (1 connection) | added p99 | requests/s (32 connections) "
+        "| gateway CPU per request |",
+        "|---|---|---|---|---|",
+    ]
     for name in names:
         median = medians[name]
-        print(
+        lines.append(
             f"| {name} | {median['added_p50_us']:.0f} µs | {median['added_p99_us']:.0f} µs | "
             f"{median['rate']:.0f} | {median['cpu_us_per_request']:.0f} µs |"
         )
-    print(
-        f"direct upstream p50 {medians['direct']['p50_us']:.0f} µs, p99 {medians['direct']['p99_us']:.0f} µs"
-    )
+    lines += [
+        "",
+        f"The upstream directly: p50 {medians['direct']['p50_us']:.0f} µs, "
+        f"p99 {medians['direct']['p99_us']:.0f} µs.",
+    ]
+    table = "\n".join(lines) + "\n"
+    (ROOT / "benchmarks" / "results" / "gateway_servers.md").write_text(table)
+    print(table)
     return 0
 
 
