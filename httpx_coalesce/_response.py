@@ -91,9 +91,17 @@ class _SeatStream:
         self._seat = seat
         self._request = request
         self._library = library
+        self._finalizer: weakref.finalize[..., Any] | None = None
         if not seat.flight.replay.complete:
             # A live stream whose caller forgets to close it must not hold the flight.
-            weakref.finalize(self, seat.flight.table.leave_later, seat)
+            self._finalizer = weakref.finalize(self, seat.flight.table.leave_later, seat)
+
+    def _leave(self) -> None:
+        self._seat.leave()
+        # Gone as it should: the finalizer (whose registry holds the seat, so the flight
+        # and its error, whose traceback may hold this very stream) must not keep it alive.
+        if self._finalizer is not None:
+            self._finalizer.detach()
 
     def _read_budget(self) -> float | None:
         # A follower waits for each chunk no longer than its own read timeout would let
@@ -109,7 +117,7 @@ class _SeatStream:
         end, or it raises. The one place both faces below decide; they only wait."""
         if isinstance(data, bytes):
             return data
-        self._seat.leave()
+        self._leave()
         if data is END:
             return None
         if data is None:
@@ -133,7 +141,7 @@ class _AsyncSeatStream(_SeatStream):
             yield chunk
 
     async def aclose(self) -> None:
-        self._seat.leave()
+        self._leave()
 
 
 class _SyncSeatStream(_SeatStream):
@@ -149,7 +157,7 @@ class _SyncSeatStream(_SeatStream):
             yield chunk
 
     def close(self) -> None:
-        self._seat.leave()
+        self._leave()
 
 
 class _BodyStream:

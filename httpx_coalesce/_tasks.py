@@ -91,6 +91,9 @@ def _sweep() -> None:
             chore()
         except Exception:
             logger.exception("httpx-coalesce: a clean-up chore failed")
+        # Not kept while waiting for the next one: the chore (a seat's leave) would keep
+        # its flight, and all the flight holds, alive until then.
+        del chore
 
 
 def _forget_janitor() -> None:
