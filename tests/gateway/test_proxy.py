@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import socket
 import subprocess
 import sys
@@ -219,7 +220,10 @@ def test_body_over_the_limit_gets_413_declared_or_chunked(
     assert httpx.post(gateway.url + "/up/echo", content=big).status_code == 413
     assert httpx.post(gateway.url + "/up/echo", content=iter([big[:40_000], big[40_000:]])).status_code == 413
     assert httpx.post(gateway.url + "/up/echo", content=big[:65_536]).status_code == 200
-    assert upstream.total == 1
+    # A chunked body within the limit goes upstream whole, with its length.
+    chunked = httpx.post(gateway.url + "/up/echo", content=iter([b"ab", b"cd"]))
+    assert chunked.json()["body_sha"] == hashlib.sha256(b"abcd").hexdigest()
+    assert upstream.total == 2
 
 
 @pytest.mark.parametrize(
