@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover - httpx2 needs Python 3.11
     http = httpx  # type: ignore[misc]
 
 from .. import DEFAULT_IGNORED_HEADERS, CoalesceInfo, CoalescingTransport, Limits
-from ._config import CONFIG_ENV, GatewayConfig
+from ._config import CONFIG_ENV, NOT_ORIGIN_FORM, GatewayConfig
 from ._proxy import request_headers, response_headers, upstream_url
 
 if TYPE_CHECKING:
@@ -187,8 +187,8 @@ class Gateway:
         if raw_path == b"/metrics" and method == "GET":
             await self._serve_metrics(send)
             return 200, "local"
-        if method == "CONNECT":
-            await _plain(send, 400, b"CONNECT is not served: this is not a forward proxy\n")
+        if method == "CONNECT" or scope.get(NOT_ORIGIN_FORM):
+            await _plain(send, 400, b"only paths are served: this is not a forward proxy\n")
             return 400, "refused"
         url = upstream_url(self._routes, raw_path, scope.get("query_string", b""))
         if url is None:

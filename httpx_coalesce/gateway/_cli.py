@@ -46,6 +46,14 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def _http_protocol() -> Any:
+    if not _installed("httptools"):
+        return "h11"
+    from ._protocol import OriginFormOnly
+
+    return OriginFormOnly
+
+
 def serve(config: GatewayConfig) -> int:
     """Run the gateway until interrupted."""
     try:
@@ -65,7 +73,8 @@ def serve(config: GatewayConfig) -> int:
         # The fastest pair measured (benchmarks/gateway_servers.py); the pure-Python
         # ones where these cannot be installed.
         loop="uvloop" if _installed("uvloop") else "asyncio",
-        http="httptools" if _installed("httptools") else "h11",
+        # h11 gives the app the target as sent, which the app refuses unless it is a path.
+        http=_http_protocol(),
         lifespan="on",
         log_config=_log_config(),
         # The gateway writes its own access line, with the coalescing outcome.

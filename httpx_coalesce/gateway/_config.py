@@ -22,6 +22,9 @@ __all__ = ["ENV_PREFIX", "GatewayConfig", "Route", "build_parser", "config_from_
 ENV_PREFIX = "HTTPX_COALESCE_"
 #: Where the parent hands the resolved settings to its workers.
 CONFIG_ENV = "HTTPX_COALESCE_GATEWAY_CONFIG_JSON"
+#: Set in an ASGI scope by the server when the request target was not a path
+#: (``http://host/x``, ``host:443``): a request for a forward proxy, refused.
+NOT_ORIGIN_FORM = "httpx_coalesce.not_origin_form"
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
