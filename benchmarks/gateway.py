@@ -203,7 +203,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     chat_path = "/v1/chat/completions"
     with BenchServer() as server:
         gateway = Gateway(server.url)
-        gateway2 = Gateway(server.url, "--workers", "2")
+        try:
+            gateway2 = Gateway(server.url, "--workers", "2")
+        except BaseException:
+            gateway.stop()
+            raise
         try:
             with Nginx(server.port, collapse=False) as plain, Nginx(server.port, collapse=True) as collapse:
                 for round_number in range(args.rounds):
