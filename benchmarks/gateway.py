@@ -367,7 +367,7 @@ def render(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         "",
         f"`{meta['command']}`, {meta['started']}, {meta['seconds']} s; Python {meta['python']}, "
         f"{meta['platform']}, {meta['cpus']} CPUs; load average {meta['load_before']} at the start, "
-        f"{meta['load_after']} at the end. The machine was shared with other work while this ran: "
+        f"{meta['load_after']} at the end (other work on the machine shows up as spread): "
         "figures are medians of alternating rounds with the lowest and highest round in brackets.",
         "",
         "## Added latency over calling the upstream directly (one connection, unique bodies)",
