@@ -108,7 +108,10 @@ def _no_probe(request: Any) -> object:
     return None
 
 
-class _SyncRecording:
+class _Recording:
+    """What the sync and async wrappers share: the real transport, what to record into,
+    the fault, and how the real response's body is passed on."""
+
     def __init__(
         self,
         real: Any,
@@ -123,6 +126,14 @@ class _SyncRecording:
         self._probe = probe
         self._stream_class = stream_class
 
+    def _pass_body_on(self, response: Any) -> Any:
+        fault = self._fault
+        limit = fault.at if fault is not None and isinstance(fault.at, int) else None
+        response.stream = self._stream_class(response.stream, self._recorder, fault, limit)
+        return response
+
+
+class _SyncRecording(_Recording):
     def handle_request(self, request: Any) -> Any:
         self._recorder.record_call(request, self._probe)
         fault = self._fault
@@ -133,9 +144,7 @@ class _SyncRecording:
             if fault is not None and fault.at == "head":
                 response.close()
                 raise fault.error
-            limit = fault.at if fault is not None and isinstance(fault.at, int) else None
-            response.stream = self._stream_class(response.stream, self._recorder, fault, limit)
-            return response
+            return self._pass_body_on(response)
         except BaseException as error:
             self._recorder.record_raised(error)
             raise
@@ -159,21 +168,7 @@ class _SyncRecording:
         self._real.close()
 
 
-class _AsyncRecording:
-    def __init__(
-        self,
-        real: Any,
-        recorder: Recorder,
-        fault: Fault | None,
-        probe: Callable[[Any], object],
-        stream_class: type[Any],
-    ) -> None:
-        self._real = real
-        self._recorder = recorder
-        self._fault = fault
-        self._probe = probe
-        self._stream_class = stream_class
-
+class _AsyncRecording(_Recording):
     async def handle_async_request(self, request: Any) -> Any:
         self._recorder.record_call(request, self._probe)
         fault = self._fault
@@ -184,9 +179,7 @@ class _AsyncRecording:
             if fault is not None and fault.at == "head":
                 await response.aclose()
                 raise fault.error
-            limit = fault.at if fault is not None and isinstance(fault.at, int) else None
-            response.stream = self._stream_class(response.stream, self._recorder, fault, limit)
-            return response
+            return self._pass_body_on(response)
         except BaseException as error:
             self._recorder.record_raised(error)
             raise
@@ -210,7 +203,7 @@ class _AsyncRecording:
         await self._real.aclose()
 
 
-class _SyncBody:
+class _Body:
     """The real response's body, passed on; records what leaves it, fails on demand."""
 
     def __init__(self, real: Any, recorder: Recorder, fault: Fault | None, limit: int | None) -> None:
@@ -219,6 +212,8 @@ class _SyncBody:
         self._fault = fault
         self._limit = limit
 
+
+class _SyncBody(_Body):
     def __iter__(self) -> Iterator[bytes]:
         try:
             for chunk in self._real:
@@ -237,13 +232,7 @@ class _SyncBody:
         self._real.close()
 
 
-class _AsyncBody:
-    def __init__(self, real: Any, recorder: Recorder, fault: Fault | None, limit: int | None) -> None:
-        self._real = real
-        self._recorder = recorder
-        self._fault = fault
-        self._limit = limit
-
+class _AsyncBody(_Body):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._real:
