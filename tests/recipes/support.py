@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
 
 import anyio
 
@@ -26,6 +26,54 @@ MakeTransport = Callable[..., CoalescingTransport]
 #: Identical callers in each test.
 CALLERS = 8
 PROMPT = "What does 'amortization' mean? One sentence."
+
+
+class _Message(Protocol):
+    @property
+    def content(self) -> object: ...
+
+
+class _Choice(Protocol):
+    @property
+    def message(self) -> _Message | None: ...
+
+
+class Completion(Protocol):
+    """A chat completion as the OpenAI-compatible SDKs return it (each with classes of its own)."""
+
+    @property
+    def choices(self) -> Sequence[_Choice]: ...
+
+
+class _Delta(Protocol):
+    @property
+    def content(self) -> str | None: ...
+
+
+class _ChunkChoice(Protocol):
+    @property
+    def delta(self) -> _Delta: ...
+
+
+class Chunk(Protocol):
+    """A streamed chat completion chunk, likewise."""
+
+    @property
+    def choices(self) -> Sequence[_ChunkChoice]: ...
+
+
+def answer_text(completion: Completion) -> str:
+    """The text of an OpenAI-compatible chat completion's first choice."""
+    message = completion.choices[0].message
+    assert message is not None
+    content = message.content
+    assert isinstance(content, str), content
+    return content
+
+
+async def streamed_text(chunks: AsyncIterable[Chunk]) -> str:
+    """The text of an OpenAI-compatible stream of chat completion chunks (a usage chunk has no choices)."""
+    return "".join([chunk.choices[0].delta.content or "" async for chunk in chunks if chunk.choices])
 
 
 class _Held:

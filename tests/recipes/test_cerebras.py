@@ -9,7 +9,7 @@ from cerebras.cloud.sdk.types.chat.chat_completion import ChatChunkResponse, Cha
 
 from httpx_coalesce._demo.fake_api import FakeLLMAPI
 
-from .support import PROMPT, MakeTransport, assert_one_upstream_call, overlap, overlap_threads
+from .support import PROMPT, MakeTransport, answer_text, assert_one_upstream_call, overlap, overlap_threads
 
 pytestmark = pytest.mark.recipes
 
@@ -33,7 +33,7 @@ async def test_async_calls_share_one_upstream_call(
                 model=MODEL, messages=[{"role": "user", "content": PROMPT}]
             )
             assert isinstance(completion, ChatCompletionResponse)
-            return completion.choices[0].message.content or ""
+            return answer_text(completion)
 
         assert_one_upstream_call(api, transport, PATH, await overlap(api, transport, ask))
 
@@ -76,6 +76,6 @@ def test_sync_calls_share_one_upstream_call(api: FakeLLMAPI, url: str, make_tran
                 model=MODEL, messages=[{"role": "user", "content": PROMPT}]
             )
             assert isinstance(completion, ChatCompletionResponse)
-            return completion.choices[0].message.content or ""
+            return answer_text(completion)
 
         assert_one_upstream_call(api, transport, PATH, overlap_threads(api, transport, ask))

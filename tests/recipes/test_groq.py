@@ -9,7 +9,15 @@ from groq.types.chat import ChatCompletionMessageParam
 
 from httpx_coalesce._demo.fake_api import FakeLLMAPI
 
-from .support import PROMPT, MakeTransport, assert_one_upstream_call, overlap, overlap_threads
+from .support import (
+    PROMPT,
+    MakeTransport,
+    answer_text,
+    assert_one_upstream_call,
+    overlap,
+    overlap_threads,
+    streamed_text,
+)
 
 pytestmark = pytest.mark.recipes
 
@@ -29,7 +37,7 @@ async def test_async_calls_share_one_upstream_call(
 
         async def ask() -> str:
             completion = await client.chat.completions.create(model=MODEL, messages=MESSAGES)
-            return completion.choices[0].message.content or ""
+            return answer_text(completion)
 
         assert_one_upstream_call(api, transport, PATH, await overlap(api, transport, ask))
 
@@ -45,7 +53,7 @@ async def test_streams_share_one_upstream_call(
 
         async def stream() -> str:
             chunks = await client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
-            return "".join([chunk.choices[0].delta.content or "" async for chunk in chunks if chunk.choices])
+            return await streamed_text(chunks)
 
         assert_one_upstream_call(api, transport, PATH, await overlap(api, transport, stream, stream=True))
 
@@ -56,6 +64,6 @@ def test_sync_calls_share_one_upstream_call(api: FakeLLMAPI, url: str, make_tran
 
         def ask() -> str:
             completion = client.chat.completions.create(model=MODEL, messages=MESSAGES)
-            return completion.choices[0].message.content or ""
+            return answer_text(completion)
 
         assert_one_upstream_call(api, transport, PATH, overlap_threads(api, transport, ask))

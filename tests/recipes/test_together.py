@@ -8,7 +8,15 @@ from together import AsyncTogether, Together
 
 from httpx_coalesce._demo.fake_api import FakeLLMAPI
 
-from .support import PROMPT, MakeTransport, assert_one_upstream_call, overlap, overlap_threads
+from .support import (
+    PROMPT,
+    MakeTransport,
+    answer_text,
+    assert_one_upstream_call,
+    overlap,
+    overlap_threads,
+    streamed_text,
+)
 
 pytestmark = pytest.mark.recipes
 
@@ -29,9 +37,7 @@ async def test_async_calls_share_one_upstream_call(
             completion = await client.chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": PROMPT}]
             )
-            message = completion.choices[0].message
-            assert message is not None
-            return message.content or ""
+            return answer_text(completion)
 
         assert_one_upstream_call(api, transport, PATH, await overlap(api, transport, ask))
 
@@ -49,7 +55,7 @@ async def test_streams_share_one_upstream_call(
             chunks = await client.chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": PROMPT}], stream=True
             )
-            return "".join([chunk.choices[0].delta.content or "" async for chunk in chunks if chunk.choices])
+            return await streamed_text(chunks)
 
         assert_one_upstream_call(api, transport, PATH, await overlap(api, transport, stream, stream=True))
 
@@ -62,8 +68,6 @@ def test_sync_calls_share_one_upstream_call(api: FakeLLMAPI, url: str, make_tran
             completion = client.chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": PROMPT}]
             )
-            message = completion.choices[0].message
-            assert message is not None
-            return message.content or ""
+            return answer_text(completion)
 
         assert_one_upstream_call(api, transport, PATH, overlap_threads(api, transport, ask))
