@@ -6,15 +6,20 @@ state that would leak from test to test, so the global path is tested in subproc
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, Metric, NumberDataPoint
 
-from httpx_coalesce import CoalesceStats
+from httpx_coalesce import CoalesceStats, CoalescingTransport
+
+from ..conftest import until, until_sync
+from ..upstream import Upstream
 
 
 @pytest.fixture
@@ -29,6 +34,50 @@ def meter_provider(reader: InMemoryMetricReader) -> Iterator[MeterProvider]:
     provider.shutdown()
 
 
+async def burst(
+    client: Any,
+    transport: CoalescingTransport,
+    upstream: Upstream,
+    count: int,
+    while_waiting: Callable[[], None] | None = None,
+    **kw: Any,
+) -> list[Any]:
+    """*count* identical requests, all joined before the server answers; bodies read.
+
+    *while_waiting* runs while they all wait on the server.
+    """
+    upstream.hold()
+    responses: list[Any] = []
+
+    async def one() -> None:
+        response = await client.request(**kw)
+        await response.aread()
+        responses.append(response)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(count):
+            group.start_soon(one)
+        await until(lambda: transport.stats().waiters == count)
+        if while_waiting is not None:
+            while_waiting()
+        upstream.gate.set()
+    return responses
+
+
+def burst_sync(
+    client: Any, transport: CoalescingTransport, upstream: Upstream, count: int, **kw: Any
+) -> None:
+    """The same from *count* threads of a sync client."""
+    upstream.hold()
+    threads = [threading.Thread(target=lambda: client.request(**kw).read()) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    until_sync(lambda: transport.stats().waiters == count)
+    upstream.gate.set()
+    for thread in threads:
+        thread.join()
+
+
 @dataclass(frozen=True)
 class Point:
     attributes: Mapping[str, Any]
@@ -41,12 +90,12 @@ class Readings:
 
     def __init__(self, reader: InMemoryMetricReader) -> None:
         self.points: dict[str, list[Point]] = {}
-        self.units: dict[str, str] = {}
+        self.metrics: dict[str, Metric] = {}
         data = reader.get_metrics_data()
         for resource in data.resource_metrics if data is not None else ():
             for scope in resource.scope_metrics:
                 for metric in scope.metrics:
-                    self.units[metric.name] = metric.unit or ""
+                    self.metrics[metric.name] = metric
                     points = self.points.setdefault(metric.name, [])
                     for point in metric.data.data_points:
                         attributes = dict(point.attributes or {})

@@ -4,12 +4,9 @@ for what the transport did against a real loopback server, and the same figures 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
 
-import anyio
 import httpx
 import pytest
 from opentelemetry.metrics import NoOpMeterProvider
@@ -20,36 +17,15 @@ from httpx_coalesce import CoalescingTransport
 from httpx_coalesce._telemetry import INSTRUMENTS
 from httpx_coalesce.redis import RedisBackend
 
-from ..conftest import until, until_sync
 from ..redis.conftest import closed_port_url
 from ..upstream import Upstream
-from .conftest import Readings, assert_agrees, outcomes
+from .conftest import Readings, assert_agrees, burst, burst_sync, outcomes
 
 pytestmark = pytest.mark.anyio
 
 MakeTransport = Callable[..., CoalescingTransport]
 REQUESTS = "httpx_coalesce.requests"
 UPSTREAM = "httpx_coalesce.upstream_calls"
-
-
-async def burst(
-    client: Any, transport: CoalescingTransport, upstream: Upstream, count: int, **kw: Any
-) -> list[Any]:
-    """*count* identical requests, all joined before the server answers; bodies read."""
-    upstream.hold()
-    responses: list[Any] = []
-
-    async def one() -> None:
-        response = await client.request(**kw)
-        await response.aread()
-        responses.append(response)
-
-    async with anyio.create_task_group() as group:
-        for _ in range(count):
-            group.start_soon(one)
-        await until(lambda: transport.stats().waiters == count)
-        upstream.gate.set()
-    return responses
 
 
 async def test_a_burst_counts_one_led_the_rest_joined_and_one_upstream_call(
@@ -61,24 +37,25 @@ async def test_a_burst_counts_one_led_the_rest_joined_and_one_upstream_call(
     reader: InMemoryMetricReader,
 ) -> None:
     transport = make_transport(meter_provider=meter_provider)
+
+    def while_they_wait() -> None:
+        # One flight, twenty callers, and nothing counted yet.
+        during = Readings(reader)
+        assert during.sum("httpx_coalesce.flights.active") == 1
+        assert during.sum("httpx_coalesce.waiters.active") == 20
+        assert_agrees(transport.stats(), during)
+
     async with lib.AsyncClient(transport=transport, base_url=base_url) as client:
-        upstream.hold()
-        responses: list[Any] = []
-
-        async def one() -> None:
-            response = await client.post("/echo", json={"q": "burst"})
-            responses.append(response)
-
-        async with anyio.create_task_group() as group:
-            for _ in range(20):
-                group.start_soon(one)
-            await until(lambda: transport.stats().waiters == 20)
-            # While they wait: one flight, twenty callers, and nothing counted yet.
-            during = Readings(reader)
-            assert during.sum("httpx_coalesce.flights.active") == 1
-            assert during.sum("httpx_coalesce.waiters.active") == 20
-            assert_agrees(transport.stats(), during)
-            upstream.gate.set()
+        responses = await burst(
+            client,
+            transport,
+            upstream,
+            20,
+            method="POST",
+            url="/echo",
+            json={"q": "burst"},
+            while_waiting=while_they_wait,
+        )
 
     readings = Readings(reader)
     assert outcomes(readings) == {"led": 1, "joined": 19}
@@ -195,19 +172,8 @@ def test_a_sync_burst_is_counted_as_an_async_one(
     reader: InMemoryMetricReader,
 ) -> None:
     transport = make_transport(meter_provider=meter_provider)
-    upstream.hold()
     with httpx.Client(transport=transport, base_url=base_url) as client:
-
-        def one() -> None:
-            client.post("/echo", json={"q": "sync"}).read()
-
-        threads = [threading.Thread(target=one) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        until_sync(lambda: transport.stats().waiters == 8)
-        upstream.gate.set()
-        for thread in threads:
-            thread.join()
+        burst_sync(client, transport, upstream, 8, method="POST", url="/echo", json={"q": "sync"})
     readings = Readings(reader)
     assert outcomes(readings) == {"led": 1, "joined": 7}
     assert readings.sum(UPSTREAM) == 1
@@ -284,20 +250,8 @@ def test_instruments_have_the_documented_names_kinds_and_units(
         meter_provider=meter_provider, backend=RedisBackend.from_url(closed_port_url())
     )
     with httpx.Client(transport=transport, base_url=base_url) as client:
-        upstream.hold()
-        threads = [threading.Thread(target=lambda: client.post("/echo", json={}).read()) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        until_sync(lambda: transport.stats().waiters == 2)
-        upstream.gate.set()
-        for thread in threads:
-            thread.join()
-    metrics = {
-        metric.name: metric
-        for resource in reader.get_metrics_data().resource_metrics  # type: ignore[union-attr]
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-    }
+        burst_sync(client, transport, upstream, 2, method="POST", url="/echo", json={})
+    metrics = Readings(reader).metrics
     kinds = {
         name: (type(metric.data).__name__, getattr(metric.data, "is_monotonic", None), metric.unit)
         for name, metric in metrics.items()

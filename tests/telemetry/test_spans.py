@@ -5,7 +5,6 @@ exporter."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import anyio
 import httpx
@@ -20,6 +19,7 @@ from httpx_coalesce import CoalescingTransport
 
 from ..conftest import until
 from ..upstream import Upstream
+from .conftest import burst
 
 pytestmark = pytest.mark.anyio
 
@@ -54,17 +54,9 @@ async def test_a_burst_of_twenty_gives_twenty_client_spans_one_led_all_of_one_fl
     transport = make_transport()
     async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
         HTTPXClientInstrumentor().instrument_client(client, tracer_provider=tracer_provider)
-        upstream.hold()
-        responses: list[Any] = []
-
-        async def one() -> None:
-            responses.append(await client.post("/echo", json={"q": "traced"}))
-
-        async with anyio.create_task_group() as group:
-            for _ in range(20):
-                group.start_soon(one)
-            await until(lambda: transport.stats().waiters == 20)
-            upstream.gate.set()
+        responses = await burst(
+            client, transport, upstream, 20, method="POST", url="/echo", json={"q": "traced"}
+        )
 
     spans = client_spans(exporter)
     assert len(spans) == 20
