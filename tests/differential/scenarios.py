@@ -74,6 +74,10 @@ BOUNDARY = "differential-boundary"
 STREAMED_BODIES = frozenset({"generator", "file", "file-offset", "multipart"})
 #: Body kinds a sync client only can send (an async one takes files as multipart).
 SYNC_ONLY_BODIES = frozenset({"file", "file-offset"})
+#: Known length past the 16 KiB a transport may read whole before handing out headers.
+LARGE = 64 * 1024
+#: Known length under that bound.
+SMALL = 8 * 1024
 
 
 class Abort(BaseException):
@@ -104,6 +108,17 @@ def make_error(kind: str, lib: ModuleType) -> BaseException:
 
 
 BASE_EXCEPTIONS = ("abort", "keyboard_interrupt", "system_exit", "cancelled")
+
+
+def base_exceptions_on(runtime: str) -> list[str]:
+    """The BaseException kinds a run on *runtime* is given: a CancelledError only on asyncio."""
+    return [kind for kind in BASE_EXCEPTIONS if kind != "cancelled" or runtime == "asyncio"]
+
+
+#: (lib, runtime, kind) for every library, runtime and BaseException kind it is given.
+BASE_EXCEPTION_CASES = [
+    (lib, runtime, kind) for lib in LIBRARIES for runtime in RUNTIMES for kind in base_exceptions_on(runtime)
+]
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,12 @@ from httpx_coalesce import CoalescingTransport
 
 from .recording import recording_transport
 from .scenarios import (
-    BASE_EXCEPTIONS,
+    BASE_EXCEPTION_CASES,
     FILE_OFFSET,
+    LARGE,
     LIBRARIES,
     RUNTIMES,
+    SMALL,
     SYNC_ONLY_BODIES,
     Route,
     Scenario,
@@ -31,10 +33,6 @@ from .scenarios import (
 from .server import DifferentialServer
 
 BODY_KINDS = ("none", "bytes", "json", "generator", "file", "file-offset", "multipart")
-#: Known length past the 16 KiB a transport may read whole before handing out headers.
-LARGE = 64 * 1024
-#: Known length under that bound.
-SMALL = 8 * 1024
 
 
 LIB_RUNTIME = pytest.mark.parametrize(
@@ -153,16 +151,6 @@ def test_an_inner_transport_error_reaches_the_caller_as_the_very_object(
     assert error.traceback_through_inner
 
 
-def _base_exception_cases() -> list[tuple[str, str, str]]:
-    return [
-        (lib, runtime, kind)
-        for lib in LIBRARIES
-        for runtime in RUNTIMES
-        for kind in BASE_EXCEPTIONS
-        if kind != "cancelled" or runtime == "asyncio"
-    ]
-
-
 # Where a BaseException comes from: before sending, once the head is in, mid-way through
 # a small body the caller does not stream, mid-way through a big one it streams.
 _BASE_EXCEPTION_PLACES: dict[str, tuple[Route, bool, str | int]] = {
@@ -173,7 +161,7 @@ _BASE_EXCEPTION_PLACES: dict[str, tuple[Route, bool, str | int]] = {
 }
 
 
-@pytest.mark.parametrize(("lib", "runtime", "kind"), _base_exception_cases())
+@pytest.mark.parametrize(("lib", "runtime", "kind"), BASE_EXCEPTION_CASES)
 @pytest.mark.parametrize("place", list(_BASE_EXCEPTION_PLACES))
 def test_a_base_exception_from_the_inner_transport_reaches_its_caller_once(
     lib: str, runtime: str, kind: str, place: str, server: DifferentialServer, upload: Path

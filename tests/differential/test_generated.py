@@ -10,25 +10,25 @@ that wait out their bounds).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from .scenarios import (
-    BASE_EXCEPTIONS,
+    LARGE,
     LIBRARIES,
     RUNTIMES,
+    SMALL,
     SYNC_ONLY_BODIES,
     Route,
     Scenario,
     assert_invisible,
     assert_shared,
+    base_exceptions_on,
 )
 from .server import DifferentialServer
-
-LARGE = 64 * 1024
-SMALL = 8 * 1024
 
 #: What the server and the inner transport do, by name: (route, fault, fault_at, refused).
 _BEHAVIOURS: dict[str, tuple[Route, str | None, str | int, bool]] = {
@@ -63,22 +63,13 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     stream = draw(st.booleans())
     behaviour = draw(st.sampled_from([*_BEHAVIOURS, "raises a BaseException"]))
     if behaviour == "raises a BaseException":
-        kinds = [kind for kind in BASE_EXCEPTIONS if kind != "cancelled" or runtime == "asyncio"]
-        fault: str | None = draw(st.sampled_from(kinds))
+        fault: str | None = draw(st.sampled_from(base_exceptions_on(runtime)))
         at = draw(st.sampled_from(_BASE_EXCEPTION_PLACES))
         route = Route(size=SMALL if at == 2000 else 0)
         refused = False
     else:
         route, fault, at, refused = _BEHAVIOURS[behaviour]
-    route = Route(
-        size=route.size,
-        mode=route.mode,
-        slow=route.slow,
-        hold_body=route.hold_body,
-        cut=route.cut,
-        cookie=draw(st.booleans()),
-        redirect=route.redirect,
-    )
+    route = replace(route, cookie=draw(st.booleans()))
     return Scenario(
         lib,
         runtime,
@@ -128,8 +119,7 @@ def shared_scenarios(draw: st.DrawFn) -> Scenario:
     stream = draw(st.booleans())
     behaviour = draw(st.sampled_from([*_SHARED_BEHAVIOURS, "raises a BaseException"]))
     if behaviour == "raises a BaseException":
-        kinds = [kind for kind in BASE_EXCEPTIONS if kind != "cancelled" or runtime == "asyncio"]
-        fault: str | None = draw(st.sampled_from(kinds))
+        fault: str | None = draw(st.sampled_from(base_exceptions_on(runtime)))
         at: str | int = "head"
         route = Route(slow=True)
         if stream and draw(st.booleans()):
@@ -138,15 +128,8 @@ def shared_scenarios(draw: st.DrawFn) -> Scenario:
         route, fault, at = _SHARED_BEHAVIOURS[behaviour]
     if not stream:
         # Nobody sees a head before the body without streaming: hold the head instead.
-        route = Route(size=route.size, mode=route.mode, slow=True, cut=route.cut)
-    route = Route(
-        size=route.size,
-        mode=route.mode,
-        slow=route.slow,
-        hold_body=route.hold_body,
-        cut=route.cut,
-        cookie=draw(st.booleans()),
-    )
+        route = replace(route, slow=True, hold_body=False)
+    route = replace(route, cookie=draw(st.booleans()))
     # Bodies in memory only: a streamed body passes through and is never shared.
     body = draw(st.sampled_from(["none", "bytes", "json"]))
     return Scenario(lib, runtime, route=route, body=body, stream=stream, fault=fault, fault_at=at)

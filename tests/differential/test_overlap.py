@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from .scenarios import (
-    BASE_EXCEPTIONS,
+    BASE_EXCEPTION_CASES,
+    LARGE,
     LIBRARIES,
     RUNTIMES,
     Route,
@@ -26,7 +27,6 @@ from .scenarios import (
 from .server import DifferentialServer
 
 CALLERS = 3
-LARGE = 64 * 1024
 
 LIB_RUNTIME = pytest.mark.parametrize(
     ("lib", "runtime"), [(lib, runtime) for lib in LIBRARIES for runtime in RUNTIMES]
@@ -89,17 +89,7 @@ def test_the_leader_gets_the_original_error_and_followers_fresh_ones_caused_by_i
     assert together.seen.callers[0].error == alone.error
 
 
-def _base_exception_cases() -> list[tuple[str, str, str]]:
-    return [
-        (lib, runtime, kind)
-        for lib in LIBRARIES
-        for runtime in RUNTIMES
-        for kind in BASE_EXCEPTIONS
-        if kind != "cancelled" or runtime == "asyncio"
-    ]
-
-
-@pytest.mark.parametrize(("lib", "runtime", "kind"), _base_exception_cases())
+@pytest.mark.parametrize(("lib", "runtime", "kind"), BASE_EXCEPTION_CASES)
 @pytest.mark.parametrize("shape", ["before-the-head", "mid-body"])
 def test_a_base_exception_reaches_the_leader_and_followers_get_transport_errors(
     lib: str, runtime: str, kind: str, shape: str, server: DifferentialServer, upload: Path
