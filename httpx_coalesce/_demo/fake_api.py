@@ -225,12 +225,12 @@ class Bill:
     def tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
-    def add(self, input_tokens: int, output_tokens: int, cost: float) -> Bill:
+    def __add__(self, other: Bill) -> Bill:
         return Bill(
-            self.answers + 1,
-            self.input_tokens + input_tokens,
-            self.output_tokens + output_tokens,
-            self.cost + cost,
+            self.answers + other.answers,
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cost + other.cost,
         )
 
 
@@ -594,15 +594,7 @@ class FakeLLMAPI:
         with self._lock:
             if api_key is not None:
                 return self._bills.get(api_key, Bill())
-            total = Bill()
-            for bill in self._bills.values():
-                total = Bill(
-                    total.answers + bill.answers,
-                    total.input_tokens + bill.input_tokens,
-                    total.output_tokens + bill.output_tokens,
-                    total.cost + bill.cost,
-                )
-            return total
+            return sum(self._bills.values(), Bill())
 
     @property
     def held(self) -> int:
@@ -832,9 +824,8 @@ class FakeLLMAPI:
         price = self.prices.get(model) or self.prices.get("*")
         cost = price.cost(input_tokens, output_tokens) if price is not None else 0.0
         with self._lock:
-            self._bills[call.account] = self._bills.get(call.account, Bill()).add(
-                input_tokens, output_tokens, cost
-            )
+            answer = Bill(answers=1, input_tokens=input_tokens, output_tokens=output_tokens, cost=cost)
+            self._bills[call.account] = self._bills.get(call.account, Bill()) + answer
 
     def _error(self, status: int, flavour: Flavour, hit: int, message: str | None = None) -> Response:
         headers = self._answer_headers(hit)
