@@ -248,6 +248,14 @@ class Recorder:
         self.probe: Callable[[], None] | None = None
 
 
+def _record_in(
+    recorder: Recorder, provider: MeterProvider, owner: object, load: Callable[[Any], tuple[int, int]]
+) -> None:
+    """Point *recorder* at *provider*'s instruments, unless it records nothing."""
+    if _records(provider):
+        recorder.telemetry = _telemetry_of(provider).watch(owner, load)
+
+
 def connect(
     recorder: Recorder,
     meter_provider: MeterProvider | None,
@@ -261,15 +269,18 @@ def connect(
     if otel_metrics is None:
         return
     if meter_provider is not None:
-        if _records(meter_provider):
-            recorder.telemetry = _telemetry_of(meter_provider).watch(owner, load)
+        _record_in(recorder, meter_provider, owner, load)
         return
     # Resolves OTEL_PYTHON_METER_PROVIDER from the environment, once, if it is set there.
     otel_metrics.get_meter_provider()
     provider = _global_provider()
     if provider is not None:
-        if _records(provider):
-            recorder.telemetry = _telemetry_of(provider).watch(owner, load)
+        _record_in(recorder, provider, owner, load)
+        return
+    if not hasattr(otel_metrics_state, "_METER_PROVIDER"):
+        # A future API without that variable: resolve now, through the public call.
+        provider = otel_metrics.get_meter_provider()
+        recorder.telemetry = _telemetry_of(provider).watch(owner, load)
         return
     owner_ref = weakref.ref(owner)
     state = otel_metrics_state
@@ -280,14 +291,9 @@ def connect(
             return
         recorder.probe = None
         target = owner_ref()
-        if target is not None and _records(found):
-            recorder.telemetry = _telemetry_of(found).watch(target, load)
+        if target is not None:
+            _record_in(recorder, found, target, load)
 
-    if not hasattr(otel_metrics_state, "_METER_PROVIDER"):
-        # A future API without that variable: resolve now, through the public call.
-        provider = otel_metrics.get_meter_provider()
-        recorder.telemetry = _telemetry_of(provider).watch(owner, load)
-        return
     recorder.probe = probe
 
 
