@@ -356,9 +356,11 @@ class _FleetCall:
         interval = lead.settings.interval
         unfollowed_since: float | None = None
         while True:
-            if lead.stopped or lead.publication.closed:
-                # Nothing more can reach a follower (the lease or Redis is lost, or
-                # the body passed the limit): the call serves nobody now.
+            if lead.stopped:
+                # Nothing more can reach a follower (the final record went out, or the
+                # lease or Redis is lost): the call serves nobody now. Not as soon as
+                # the publication closes: its final record may still be on its way,
+                # and cancelling that write would leave followers a round with no end.
                 scope.cancel()
                 return
             if await self._followed():

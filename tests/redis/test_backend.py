@@ -362,6 +362,66 @@ async def test_leader_whose_callers_all_leave_keeps_its_call_for_a_follower_else
 
 
 @asyncio_only
+async def test_leader_whose_callers_all_left_writes_its_last_records_while_it_looks_for_followers(
+    upstream: Upstream,
+    base_url: str,
+    redis_url: str,
+    prefix: str,
+    redis_client: redis.Redis,
+    make_transport: MakeTransport,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A short lease: the leader looks for followers every half heartbeat (0.1 s here).
+    leading = backend(redis_url, prefix, "leader", lease=0.6)
+    leader = make_transport(backend=leading)
+    follower = make_transport(backend=backend(redis_url, prefix, "follower"))
+    upstream.hold()
+    bodies: list[bytes] = []
+    async with (
+        httpx.AsyncClient(transport=leader, base_url=base_url) as first,
+        httpx.AsyncClient(transport=follower, base_url=base_url) as second,
+    ):
+
+        async def call(client: httpx.AsyncClient) -> None:
+            bodies.append((await client.post("/echo", json={"q": "fleet"})).content)
+
+        async with anyio.create_task_group() as group:
+            async with anyio.create_task_group() as leader_callers:
+                leader_callers.start_soon(call, first)
+                await until(lambda: upstream.hits["/echo"] == 1)
+                group.start_soon(call, second)
+                await until(following(redis_client, prefix, "follower"))
+                leader_callers.cancel_scope.cancel()
+            await until(lambda: leader.stats().cancelled_flights == 1)
+            # The write of the response's records (one, with the end) lasts until the
+            # leader has looked for followers again: that look must not stop the call
+            # (and the write) because the response is complete.
+            ops: Any = leading._clients.async_ops()
+            read, append = ops.read, ops.append
+            looks: list[anyio.Event] = []
+
+            async def looking(*args: Any) -> Any:
+                for look in looks:
+                    look.set()
+                return await read(*args)
+
+            async def slow_last_write(lease: Any, records: Any, *args: Any) -> Any:
+                if records and args[-1]:
+                    looks.append(anyio.Event())
+                    await looks[-1].wait()
+                return await append(lease, records, *args)
+
+            monkeypatch.setattr(ops, "read", looking)
+            monkeypatch.setattr(ops, "append", slow_last_write)
+            upstream.gate.set()
+
+    assert len(bodies) == 1
+    assert orjson.loads(bodies[0])["hit"] == 1
+    assert upstream.hits["/echo"] == 1
+    assert (follower.stats().redis_led, follower.stats().redis_followed) == (0, 1)
+
+
+@asyncio_only
 async def test_leader_whose_callers_all_leave_stops_its_call_when_nobody_follows(
     upstream: Upstream,
     base_url: str,
