@@ -133,17 +133,15 @@ class Counters:
 
     def saved(self, size: int, tokens: Tokens | None = None) -> None:
         """*size* bytes (and *tokens*) not fetched again."""
+        by_type = tokens.by_type() if tokens is not None else {}
         with self._lock:
             self._counts["bytes_saved"] += size
-            if tokens is not None:
-                for kind, count in tokens.by_type().items():
-                    self._tokens[kind] += count
+            self._tokens.update(by_type)
         telemetry = self.recorder.telemetry
         if telemetry is not None:
             if size:
                 telemetry.bytes_saved(size)
-            if tokens is not None:
-                telemetry.tokens_saved(tokens)
+            telemetry.tokens_saved(by_type)
 
     def backend_error(self, kind: str) -> None:
         """The backend failed (its ``error.type`` is *kind*) and fell back to local."""

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
-
-from ._usage import Tokens
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
@@ -202,8 +200,9 @@ class Telemetry:
     def bytes_saved(self, amount: int) -> None:
         self._bytes.add(amount)
 
-    def tokens_saved(self, tokens: Tokens) -> None:
-        for kind, count in tokens.by_type().items():
+    def tokens_saved(self, by_type: Mapping[str, int]) -> None:
+        """*by_type*: ``Tokens.by_type()``, non-zero counts by ``gen_ai.token.type``."""
+        for kind, count in by_type.items():
             self._tokens.add(count, {TOKEN_TYPE: kind})
 
     def backend_error(self, kind: str) -> None:
