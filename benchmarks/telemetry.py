@@ -35,13 +35,13 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from httpx_coalesce import CoalescingTransport
 
 from .inprocess import InProcessUpstream
+from .overhead import _send_all
 from .rounds import alternate
 from .stats import ratios, spread
 from .workloads import chat_payload
 
 TARGET_SDK = 1.05
 _URL = "http://upstream.bench/v1/chat/completions"
-_HEADERS = {"content-type": "application/json"}
 RESULTS = Path(__file__).parent / "results" / "telemetry.json"
 
 
@@ -62,16 +62,6 @@ def _transport(kind: str) -> CoalescingTransport:
     return transport
 
 
-async def _send_all(client: httpx.AsyncClient, bodies: list[bytes], concurrency: int) -> None:
-    async def worker(share: list[bytes]) -> None:
-        for body in share:
-            response = await client.post(_URL, content=body, headers=_HEADERS)
-            if response.status_code != 200:
-                raise RuntimeError(f"upstream answered {response.status_code}")
-
-    await asyncio.gather(*(worker(bodies[i::concurrency]) for i in range(concurrency)))
-
-
 async def _measure(requests: int, rounds: int, concurrency: int) -> dict[str, Any]:
     kinds = ["off", "off again", "no provider", "sdk"]
     transports = {kind: _transport(kind) for kind in kinds}
@@ -83,12 +73,12 @@ async def _measure(requests: int, rounds: int, concurrency: int) -> dict[str, An
 
     try:
         for client in clients.values():  # warm: lazily built classes, first-call caches
-            await _send_all(client, bodies("warm", 200), concurrency)
+            await _send_all(client, _URL, bodies("warm", 200), concurrency)
 
         async def one(kind: str) -> float:
             prepared = bodies(kind, requests)
             start = time.perf_counter()
-            await _send_all(clients[kind], prepared, concurrency)
+            await _send_all(clients[kind], _URL, prepared, concurrency)
             return time.perf_counter() - start
 
         runs = await alternate(kinds, rounds, one)
