@@ -256,8 +256,9 @@ def _sse_data(obj: Any) -> bytes:
     return b"data: " + _dumps(obj) + b"\n\n"
 
 
-def _sse_event(event: str, obj: Any) -> bytes:
-    return b"event: " + event.encode() + b"\ndata: " + _dumps(obj) + b"\n\n"
+def _sse_event(kind: str, payload: JSONObject) -> bytes:
+    """A named SSE event whose data leads with the name as its ``type``, as every named-event dialect does."""
+    return b"event: " + kind.encode() + b"\ndata: " + _dumps({"type": kind, **payload}) + b"\n\n"
 
 
 async def _wait_threading_event(event: threading.Event, closing: threading.Event) -> None:
@@ -1072,7 +1073,7 @@ class FakeLLMAPI:
         sequence = iter(range(1 << 30))
 
         def event(kind: str, payload: JSONObject) -> bytes:
-            return _sse_event(kind, {"type": kind, "sequence_number": next(sequence), **payload})
+            return _sse_event(kind, {"sequence_number": next(sequence), **payload})
 
         where = {"item_id": message_id, "output_index": 0, "content_index": 0}
         events = [
@@ -1179,31 +1180,24 @@ class FakeLLMAPI:
 
         events = [
             # The real API reports a provisional output_tokens of 1 at message_start.
-            _sse_event("message_start", {"type": "message_start", "message": message([], None, 1)}),
-            _sse_event(
-                "content_block_start",
-                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-            ),
-            _sse_event("ping", {"type": "ping"}),
+            _sse_event("message_start", {"message": message([], None, 1)}),
+            _sse_event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+            _sse_event("ping", {}),
         ]
         events += [
-            _sse_event(
-                "content_block_delta",
-                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}},
-            )
+            _sse_event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": word}})
             for word in words
         ]
         events += [
-            _sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            _sse_event("content_block_stop", {"index": 0}),
             _sse_event(
                 "message_delta",
                 {
-                    "type": "message_delta",
                     "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                     "usage": {"output_tokens": len(words)},
                 },
             ),
-            _sse_event("message_stop", {"type": "message_stop"}),
+            _sse_event("message_stop", {}),
         ]
         return self._stream(call, events)
 
@@ -1233,22 +1227,19 @@ class FakeLLMAPI:
             }
             return _json_response(answer, headers=self._answer_headers(call.hit))
 
-        def event(kind: str, payload: JSONObject) -> bytes:
-            return _sse_event(kind, {"type": kind, **payload})
-
         events = [
-            event("message-start", {"id": answer_id, "delta": {"message": {"role": "assistant"}}}),
-            event(
+            _sse_event("message-start", {"id": answer_id, "delta": {"message": {"role": "assistant"}}}),
+            _sse_event(
                 "content-start", {"index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}}
             ),
         ]
         events += [
-            event("content-delta", {"index": 0, "delta": {"message": {"content": {"text": word}}}})
+            _sse_event("content-delta", {"index": 0, "delta": {"message": {"content": {"text": word}}}})
             for word in words
         ]
         events += [
-            event("content-end", {"index": 0}),
-            event("message-end", {"delta": {"finish_reason": "COMPLETE", "usage": usage}}),
+            _sse_event("content-end", {"index": 0}),
+            _sse_event("message-end", {"delta": {"finish_reason": "COMPLETE", "usage": usage}}),
         ]
         return self._stream(call, events)
 
