@@ -952,14 +952,18 @@ class FakeLLMAPI:
         stream_options = body.get("stream_options")
         include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
 
+        head: JSONObject = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "service_tier": "default",
+            "system_fingerprint": fingerprint,
+        }
+
         def chunk(delta: JSONObject, finish_reason: str | None) -> bytes:
             obj: JSONObject = {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "service_tier": "default",
-                "system_fingerprint": fingerprint,
+                **head,
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
             }
             if include_usage:
@@ -971,20 +975,7 @@ class FakeLLMAPI:
         events += [chunk({"content": word}, None) for word in words]
         events.append(chunk({}, "stop"))
         if include_usage:
-            events.append(
-                _sse_data(
-                    {
-                        "id": completion_id,
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": model,
-                        "service_tier": "default",
-                        "system_fingerprint": fingerprint,
-                        "choices": [],
-                        "usage": usage,
-                    }
-                )
-            )
+            events.append(_sse_data({**head, "choices": [], "usage": usage}))
         events.append(b"data: [DONE]\n\n")
         return self._stream(call, events)
 
