@@ -295,6 +295,19 @@ class _Follower:
         )
         return error
 
+    def complete(self) -> bool:
+        """Whether the whole body has been read (its readers have it once the chunks
+        read are handed out); raises what they get instead if the round failed or
+        went silent."""
+        outcome = self.reading.outcome
+        if outcome is ENDED:
+            return True
+        if outcome is not None:
+            raise self.error(outcome)
+        if self.reading.waited_too_long:
+            raise self.timeout()
+        return False
+
     def settle(self, is_async: bool, ops: AsyncOps | SyncOps) -> Any:
         """The response to hand out, or what the election loop should do instead."""
         reading = self.reading
@@ -344,12 +357,8 @@ class _AsyncFollowerStream:
             while True:
                 while reading.chunks:
                     yield reading.chunks.popleft()
-                if reading.outcome is ENDED:
+                if follower.complete():
                     return
-                if reading.outcome is not None:
-                    raise follower.error(reading.outcome)
-                if reading.waited_too_long:
-                    raise follower.timeout()
                 try:
                     await follower.presence.keep_async(self._ops)
                     await _advance_async(reading, self._ops)
@@ -376,12 +385,8 @@ class _SyncFollowerStream:
             while True:
                 while reading.chunks:
                     yield reading.chunks.popleft()
-                if reading.outcome is ENDED:
+                if follower.complete():
                     return
-                if reading.outcome is not None:
-                    raise follower.error(reading.outcome)
-                if reading.waited_too_long:
-                    raise follower.timeout()
                 try:
                     follower.presence.keep_sync(self._ops)
                     _advance_sync(reading, self._ops)
