@@ -195,8 +195,8 @@ class CallerSeen:
     headers: tuple[tuple[bytes, bytes], ...] | None
     #: The body (summed up past 512 bytes).
     body: bytes | str | None
-    #: Response extensions but ``coalesce`` (ours) and ``network_stream`` (the
-    #: leader's connection, never handed on).
+    #: Response extensions but ``coalesce`` (ours); ``network_stream`` by its type, as
+    #: each run has a connection of its own.
     extensions: tuple[tuple[str, Any], ...] | None
     cookies: tuple[tuple[str, str], ...]
     error: ErrorSeen | None
@@ -599,9 +599,9 @@ def _caller_seen(run: _Run, caller: Caller) -> CallerSeen:
         if response is None
         else tuple(
             sorted(
-                (name, value)
+                (name, type(value).__name__ if name == "network_stream" else value)
                 for name, value in response.extensions.items()
-                if name not in {"coalesce", "network_stream"}
+                if name != "coalesce"
             )
         ),
         cookies=caller.cookies,
@@ -710,9 +710,18 @@ def alone_and_overlapping(
     return alone.seen.callers[0], together
 
 
+def without_network_stream(seen: CallerSeen) -> CallerSeen:
+    """*seen* less the ``network_stream`` extension: the leader's connection is not
+    handed on to a follower."""
+    if seen.extensions is None:
+        return seen
+    extensions = tuple((name, value) for name, value in seen.extensions if name != "network_stream")
+    return replace(seen, extensions=extensions)
+
+
 def as_follower(seen: CallerSeen, error_type: type[BaseException] | None = None) -> CallerSeen:
     """What a follower must see, given what the caller saw alone."""
-    seen = without_cookies(seen)
+    seen = without_network_stream(without_cookies(seen))
     if seen.error is None:
         return seen
     error = replace(
@@ -732,6 +741,7 @@ def as_follower(seen: CallerSeen, error_type: type[BaseException] | None = None)
 
 def comparable(seen: CallerSeen, keep_message: bool = True) -> CallerSeen:
     """*seen* less what is not specified for a follower (see ``as_follower``)."""
+    seen = without_network_stream(seen)
     if seen.error is None:
         return seen
     error = replace(
