@@ -32,26 +32,29 @@ def make_limits(**fields: Any) -> Limits:
 
 # -- wrong types: TypeError, naming the argument, what was expected and what was given --
 
+#: The options that take a collection of names.
+NAME_OPTIONS = ["methods", "ignore_headers", "ignore_json_fields"]
 
-@pytest.mark.parametrize("option", ["methods", "ignore_headers", "ignore_json_fields"])
+
+@pytest.mark.parametrize("option", NAME_OPTIONS)
 def test_a_bare_string_where_names_are_expected_is_refused_not_read_letter_by_letter(option: str) -> None:
     with pytest.raises(TypeError, match=rf"{option} must be a collection of names.*bare str 'POST'"):
         build(**{option: "POST"})
 
 
-@pytest.mark.parametrize("option", ["methods", "ignore_headers", "ignore_json_fields"])
+@pytest.mark.parametrize("option", NAME_OPTIONS)
 def test_bytes_where_names_are_expected_are_refused(option: str) -> None:
     with pytest.raises(TypeError, match=rf"{option} must be a collection of str names, not bytes"):
         build(**{option: b"POST"})
 
 
-@pytest.mark.parametrize("option", ["methods", "ignore_headers", "ignore_json_fields"])
+@pytest.mark.parametrize("option", NAME_OPTIONS)
 def test_names_that_are_no_collection_are_refused(option: str) -> None:
     with pytest.raises(TypeError, match=rf"{option} must be a collection of str names.*not int 5"):
         build(**{option: 5})
 
 
-@pytest.mark.parametrize("option", ["methods", "ignore_headers", "ignore_json_fields"])
+@pytest.mark.parametrize("option", NAME_OPTIONS)
 def test_a_name_that_is_no_string_is_refused(option: str) -> None:
     with pytest.raises(TypeError, match=rf"{option} must hold only str names; got bytes b'x'"):
         build(**{option: ["x", b"x"]})
