@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import httpx
@@ -143,29 +143,30 @@ def _upstream_arg(text: str) -> Route:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-# name, type, default, help: every flag that takes a value, in --help order.
-_OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
-    ("host", str, "127.0.0.1", "address to listen on"),
-    ("port", int, 8080, "port to listen on"),
-    ("workers", _positive_int, 1, "worker processes; with --redis they coalesce across processes too"),
-    (
-        "redis",
-        str,
-        None,
-        "Redis URL of the fleet backend (redis://host:6379/0): one upstream call fleet-wide",
-    ),
-    ("redis-prefix", str, "httpx-coalesce:", "prefix of every Redis key the backend writes"),
-    ("window", _non_negative_float, 0.0, "seconds a finished response still serves identical requests"),
-    ("max-request-body", _positive_int, 4 * 1024 * 1024, "largest request body accepted, in bytes (413)"),
-    ("max-flights", _positive_int, 10_000, "distinct requests in flight at once; past it, they pass through"),
-    ("max-waiters", _positive_int, 100_000, "callers of one flight; past it, they pass through"),
-    ("max-body-bytes", _positive_int, 16 * 1024 * 1024, "response bytes one flight holds for its callers"),
-    ("max-connections", _positive_int, 1000, "upstream connections per worker"),
-    ("connect-timeout", _positive_float, 10.0, "seconds to connect upstream (504 past it)"),
-    ("read-timeout", _positive_float, 600.0, "seconds between upstream response bytes (504 past it)"),
-    ("write-timeout", _positive_float, 60.0, "seconds to send a request body upstream"),
-    ("pool-timeout", _positive_float, 60.0, "seconds to wait for a free upstream connection"),
+# name, type, help: every flag that takes a value, in --help order. Each is a field of
+# GatewayConfig (dashes as underscores), whose default is the flag's.
+_OPTIONS: tuple[tuple[str, Any, str], ...] = (
+    ("host", str, "address to listen on"),
+    ("port", int, "port to listen on"),
+    ("workers", _positive_int, "worker processes; with --redis they coalesce across processes too"),
+    ("redis", str, "Redis URL of the fleet backend (redis://host:6379/0): one upstream call fleet-wide"),
+    ("redis-prefix", str, "prefix of every Redis key the backend writes"),
+    ("window", _non_negative_float, "seconds a finished response still serves identical requests"),
+    ("max-request-body", _positive_int, "largest request body accepted, in bytes (413)"),
+    ("max-flights", _positive_int, "distinct requests in flight at once; past it, they pass through"),
+    ("max-waiters", _positive_int, "callers of one flight; past it, they pass through"),
+    ("max-body-bytes", _positive_int, "response bytes one flight holds for its callers"),
+    ("max-connections", _positive_int, "upstream connections per worker"),
+    ("connect-timeout", _positive_float, "seconds to connect upstream (504 past it)"),
+    ("read-timeout", _positive_float, "seconds between upstream response bytes (504 past it)"),
+    ("write-timeout", _positive_float, "seconds to send a request body upstream"),
+    ("pool-timeout", _positive_float, "seconds to wait for a free upstream connection"),
 )
+_DEFAULTS = {field.name: field.default for field in fields(GatewayConfig)}
+
+
+def _field(flag: str) -> str:
+    return flag.replace("-", "_")
 
 
 def build_parser(prog: str = "httpx-coalesce serve") -> argparse.ArgumentParser:
@@ -192,7 +193,8 @@ def build_parser(prog: str = "httpx-coalesce serve") -> argparse.ArgumentParser:
         metavar="PREFIX=URL",
         help="send requests under PREFIX to URL (repeatable; the longest prefix wins): /a/x goes to URL/x",
     )
-    for name, kind, default, text in _OPTIONS:
+    for name, kind, text in _OPTIONS:
+        default = _DEFAULTS[_field(name)]
         env = _env(name)
         if env is not None:
             try:
@@ -249,21 +251,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> GatewayConfig:
     ordered = tuple(sorted(routes, key=lambda route: len(route.prefix), reverse=True))
     return GatewayConfig(
         routes=ordered,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        redis=args.redis,
-        redis_prefix=args.redis_prefix,
-        window=args.window,
-        max_request_body=args.max_request_body,
-        max_flights=args.max_flights,
-        max_waiters=args.max_waiters,
-        max_body_bytes=args.max_body_bytes,
-        max_connections=args.max_connections,
-        connect_timeout=args.connect_timeout,
-        read_timeout=args.read_timeout,
-        write_timeout=args.write_timeout,
-        pool_timeout=args.pool_timeout,
+        **{_field(name): getattr(args, _field(name)) for name, _, _ in _OPTIONS},
         forwarded_headers=not args.no_forwarded_headers,
         access_log=not args.no_access_log,
     )
