@@ -17,13 +17,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-__all__ = ["ROOT", "Load", "Process", "free_port", "have", "tree_cpu", "wrk"]
+__all__ = ["PYTHON", "ROOT", "Load", "Process", "free_port", "have", "tree_cpu", "tree_rss", "wrk"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,36 +124,39 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _tree(pid: int) -> Iterator[int]:
+    """A process and its descendants (one gone meanwhile has no children to list)."""
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        yield current
+        pending.extend(_children(current))
+
+
 def tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) of a process and all its descendants now alive."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
+    for current in _tree(pid):
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
         except FileNotFoundError:
             continue
         # utime and stime are fields 14 and 15 of stat; [2:] after the ")" split.
         total += (int(fields[11]) + int(fields[12])) / ticks
-        pending.extend(_children(current))
     return total
 
 
 def tree_rss(pid: int) -> int:
     """Resident bytes of a process and its descendants."""
     total = 0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
+    for current in _tree(pid):
         try:
             for line in Path(f"/proc/{current}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) * 1024
         except FileNotFoundError:
             continue
-        pending.extend(_children(current))
     return total
 
 
