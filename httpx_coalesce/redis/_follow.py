@@ -78,8 +78,9 @@ class Presence:
         self._last = -float("inf")
 
     def _due(self) -> bool:
-        # Twice per heartbeat: a key left by another follower is taken again well
-        # within the time a leader waits before it believes nobody follows.
+        # Twice per heartbeat, between blocked reads of up to a heartbeat: a key left by
+        # another follower is taken again within a heartbeat and a Redis timer tick,
+        # inside the two heartbeats a leader waits before it believes nobody follows.
         now = time.monotonic()
         if now - self._last < self._context.settings.interval / 2:
             return False

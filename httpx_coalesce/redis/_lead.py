@@ -228,6 +228,13 @@ def _wrap(response: Any, stream: Any, request: Any, library: Library) -> Any:
     )
 
 
+#: Heartbeats without a follower before the fleet call is stopped. When the follower
+#: holding the round's watch key leaves, another takes it only once its blocked read
+#: returns: up to a heartbeat plus Redis's own timer tick (100 ms at ``hz 10``). One
+#: heartbeat of patience could lose that race and stop a call a follower still waits
+#: for; two cannot, and cost an unfollowed call at most one heartbeat more.
+_PATIENCE = 2
+
 #: Chunks the fleet call hands its local flight ahead of its reading: the local flight
 #: pauses the upstream as it would alone, through this small a buffer.
 _LOCAL_BUFFER = 16
@@ -369,7 +376,7 @@ class _FleetCall:
                 now = time.monotonic()
                 if unfollowed_since is None:
                     unfollowed_since = now
-                elif now - unfollowed_since >= interval:
+                elif now - unfollowed_since >= _PATIENCE * interval:
                     scope.cancel()
                     return
             await anyio.sleep(interval / 2)

@@ -422,6 +422,56 @@ async def test_leader_whose_callers_all_left_writes_its_last_records_while_it_lo
 
 
 @asyncio_only
+async def test_leader_keeps_its_call_while_a_second_follower_takes_over_from_one_that_left(
+    upstream: Upstream,
+    base_url: str,
+    redis_url: str,
+    prefix: str,
+    redis_client: redis.Redis,
+    make_transport: MakeTransport,
+) -> None:
+    leader = make_transport(backend=backend(redis_url, prefix, "leader"))
+    first_follower = make_transport(backend=backend(redis_url, prefix, "first"))
+    second_follower = make_transport(backend=backend(redis_url, prefix, "second"))
+    upstream.hold()
+    bodies: list[bytes] = []
+
+    def watched() -> bool:
+        return any(True for _ in redis_client.scan_iter(match=f"{prefix}watch:*"))
+
+    async with (
+        httpx.AsyncClient(transport=leader, base_url=base_url) as leading,
+        httpx.AsyncClient(transport=first_follower, base_url=base_url) as first,
+        httpx.AsyncClient(transport=second_follower, base_url=base_url) as second,
+    ):
+
+        async def call(client: httpx.AsyncClient) -> None:
+            bodies.append((await client.post("/echo", json={"q": "fleet"})).content)
+
+        async with anyio.create_task_group() as group:
+            async with anyio.create_task_group() as leaving:
+                leaving.start_soon(call, leading)
+                await until(lambda: upstream.hits["/echo"] == 1)
+                # The first follower takes the round's watch key; the second finds it taken.
+                leaving.start_soon(call, first)
+                await until(following(redis_client, prefix, "first"))
+                group.start_soon(call, second)
+                await until(following(redis_client, prefix, "second"))
+                # The leader's callers and the key's holder go, and the key with it: the
+                # second follower takes it over before the leader gives up on the fleet.
+                leaving.cancel_scope.cancel()
+            await until(lambda: leader.stats().cancelled_flights == 1)
+            await until(watched)
+            assert upstream.disconnects == 0
+            upstream.gate.set()
+
+    assert len(bodies) == 1
+    assert orjson.loads(bodies[0])["hit"] == 1
+    assert upstream.hits["/echo"] == 1
+    assert (second_follower.stats().redis_led, second_follower.stats().redis_followed) == (0, 1)
+
+
+@asyncio_only
 async def test_leader_whose_callers_all_leave_stops_its_call_when_nobody_follows(
     upstream: Upstream,
     base_url: str,
