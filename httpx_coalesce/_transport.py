@@ -136,12 +136,7 @@ class CoalescingTransport(_Bases):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response: ...
     async def handle_async_request(self, request: Any) -> Any:
         counters = self._counters
-        probe = counters.recorder.probe
-        if probe is not None:  # OpenTelemetry is here, but no MeterProvider yet
-            probe()
-        library = library_of(request)
-        self._check_library(library)
-        key = self._key_of(request)
+        library, key = self._begin(request)
         if key is not None:
             table = self._async_table()
             for attempt in _ATTEMPTS:
@@ -182,12 +177,7 @@ class CoalescingTransport(_Bases):
     def handle_request(self, request: httpx2.Request) -> httpx2.Response: ...
     def handle_request(self, request: Any) -> Any:
         counters = self._counters
-        probe = counters.recorder.probe
-        if probe is not None:  # OpenTelemetry is here, but no MeterProvider yet
-            probe()
-        library = library_of(request)
-        self._check_library(library)
-        key = self._key_of(request)
+        library, key = self._begin(request)
         if key is not None:
             for attempt in _ATTEMPTS:
                 entered = self._enter(self._sync_table, key, request, library, attempt, is_async=False)
@@ -214,6 +204,16 @@ class CoalescingTransport(_Bases):
                     break
         counters.upstream(request)
         return self._inner(library, is_async=False).handle_request(request)
+
+    def _begin(self, request: Any) -> tuple[Library, str | None]:
+        """What both faces do first: the request's library, and its key (None: it
+        passes through, already counted)."""
+        probe = self._counters.recorder.probe
+        if probe is not None:  # OpenTelemetry is here, but no MeterProvider yet
+            probe()
+        library = library_of(request)
+        self._check_library(library)
+        return library, self._key_of(request)
 
     def _enter(
         self, table: FlightTable, key: str, request: Any, library: Library, attempt: int, is_async: bool
