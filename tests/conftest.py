@@ -3,6 +3,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
@@ -87,21 +88,35 @@ def until_sync(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.001)
 
 
-def drop_into_a_cycle(response: Any) -> None:
-    """Drop the caller's only reference in a way only the cyclic collector can free."""
+def drop_into_a_cycle(response: Any) -> weakref.ref[Any]:
+    """Drop the caller's only reference in a way only the cyclic collector can free; a
+    weak reference tells when it has."""
+    dropped = weakref.ref(response)
     cycle: list[Any] = [response]
     cycle.append(cycle)
+    return dropped
 
 
-def collect_garbage_holding(lock: threading.Lock) -> threading.Event:
+def collect_garbage_holding(lock: threading.Lock, dropped: weakref.ref[Any]) -> threading.Event:
     """Run the cyclic collector in a new thread that holds *lock*, as a collection set off
-    by an allocation inside a locked section would; the event is set once it is done."""
+    by an allocation inside a locked section would, until *dropped* is collected; the
+    event is set once it is.
+
+    Again and again: ``gc.collect()`` does nothing while another thread's collection is
+    running (after a long run, finalizers of what earlier tests left behind can keep one
+    going for seconds), and the lock must be held in the collection that frees it.
+    """
     collected = threading.Event()
 
     def collect() -> None:
+        deadline = time.monotonic() + 10
         with lock:
             gc.collect()
-        collected.set()
+            while dropped() is not None and time.monotonic() < deadline:
+                time.sleep(0.005)  # let the other collection finish; nothing to wait on
+                gc.collect()
+        if dropped() is None:
+            collected.set()
 
     threading.Thread(target=collect, daemon=True).start()
     return collected

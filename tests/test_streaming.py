@@ -235,11 +235,15 @@ async def test_a_dropped_stream_collected_in_another_thread_leaves_on_its_own_lo
     # that lock nor touch the event loop's objects from there.
     transport = make_transport()
     upstream.hold()
-    async with lib.AsyncClient(transport=transport, base_url=base_url) as client:
-        drop_into_a_cycle(await client.send(client.build_request("GET", "/sse?events=3&hold=1"), stream=True))
+    # Held until the end of the test; a full collection after a long run can take
+    # seconds, past the default 5 s read timeout (see the sync twin in test_sync.py).
+    async with lib.AsyncClient(transport=transport, base_url=base_url, timeout=60.0) as client:
+        dropped = drop_into_a_cycle(
+            await client.send(client.build_request("GET", "/sse?events=3&hold=1"), stream=True)
+        )
         assert transport.stats().waiters == 1
         (table,) = transport._async_tables.values()
-        collected = collect_garbage_holding(table.lock)
+        collected = collect_garbage_holding(table.lock, dropped)
         await until(collected.is_set)
         await until(lambda: transport.stats().waiters == 0)
         assert transport.stats().cancelled_flights == 1

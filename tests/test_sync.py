@@ -188,10 +188,15 @@ def test_a_dropped_stream_collected_while_the_table_lock_is_held_does_not_deadlo
     # and every caller after it.
     transport = make_transport()
     upstream.hold()
-    with lib.Client(transport=transport, base_url=base_url) as client:
-        drop_into_a_cycle(client.send(client.build_request("GET", "/sse?events=3&hold=1"), stream=True))
+    # The stream is held until the end of the test, and a full collection after a long
+    # run (finalizers of every client earlier tests left behind) can take seconds: a read
+    # timeout of the default 5 s would end the flight before its stream is dropped.
+    with lib.Client(transport=transport, base_url=base_url, timeout=60.0) as client:
+        dropped = drop_into_a_cycle(
+            client.send(client.build_request("GET", "/sse?events=3&hold=1"), stream=True)
+        )
         assert transport.stats().waiters == 1
-        collected = collect_garbage_holding(transport._sync_table.lock)
+        collected = collect_garbage_holding(transport._sync_table.lock, dropped)
         assert collected.wait(10), "the finalizer deadlocked on the table lock"
         until_sync(lambda: transport.stats().waiters == 0)
         assert transport.stats().cancelled_flights == 1
