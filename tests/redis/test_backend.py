@@ -321,17 +321,18 @@ async def test_upstream_failure_mid_stream_reaches_a_streaming_follower_after_it
     assert upstream.hits["/sse"] == 1
 
 
-@asyncio_only
-async def test_leader_whose_callers_all_leave_keeps_its_call_for_a_follower_elsewhere(
+async def leader_leaves_while_a_follower_waits(
+    leader: CoalescingTransport,
+    follower: CoalescingTransport,
     upstream: Upstream,
     base_url: str,
-    redis_url: str,
-    prefix: str,
     redis_client: redis.Redis,
-    make_transport: MakeTransport,
-) -> None:
-    leader = make_transport(backend=backend(redis_url, prefix, "leader"))
-    follower = make_transport(backend=backend(redis_url, prefix, "follower"))
+    prefix: str,
+    before_answer: Callable[[], None] | None = None,
+) -> list[bytes]:
+    """The leading process's callers all leave while the follower's process follows the
+    round; the upstream answers once the leader's flight is gone (and *before_answer*
+    has run). The bodies the callers got."""
     upstream.hold()
     bodies: list[bytes] = []
     async with (
@@ -349,10 +350,29 @@ async def test_leader_whose_callers_all_leave_keeps_its_call_for_a_follower_else
                 group.start_soon(call, second)
                 await until(following(redis_client, prefix, "follower"))
                 leader_callers.cancel_scope.cancel()
-            # The leading process's flight is gone, its upstream call is not: a process
-            # still follows it, and would otherwise send the call a second time.
             await until(lambda: leader.stats().cancelled_flights == 1)
+            if before_answer is not None:
+                before_answer()
             upstream.gate.set()
+    return bodies
+
+
+@asyncio_only
+async def test_leader_whose_callers_all_leave_keeps_its_call_for_a_follower_elsewhere(
+    upstream: Upstream,
+    base_url: str,
+    redis_url: str,
+    prefix: str,
+    redis_client: redis.Redis,
+    make_transport: MakeTransport,
+) -> None:
+    leader = make_transport(backend=backend(redis_url, prefix, "leader"))
+    follower = make_transport(backend=backend(redis_url, prefix, "follower"))
+    # The leading process's flight is gone, its upstream call is not: a process still
+    # follows it, and would otherwise send the call a second time.
+    bodies = await leader_leaves_while_a_follower_waits(
+        leader, follower, upstream, base_url, redis_client, prefix
+    )
 
     assert len(bodies) == 1
     assert orjson.loads(bodies[0])["hit"] == 1
@@ -375,45 +395,32 @@ async def test_leader_whose_callers_all_left_writes_its_last_records_while_it_lo
     leading = backend(redis_url, prefix, "leader", lease=0.6)
     leader = make_transport(backend=leading)
     follower = make_transport(backend=backend(redis_url, prefix, "follower"))
-    upstream.hold()
-    bodies: list[bytes] = []
-    async with (
-        httpx.AsyncClient(transport=leader, base_url=base_url) as first,
-        httpx.AsyncClient(transport=follower, base_url=base_url) as second,
-    ):
 
-        async def call(client: httpx.AsyncClient) -> None:
-            bodies.append((await client.post("/echo", json={"q": "fleet"})).content)
+    def slow_last_write_until_the_next_look() -> None:
+        # The write of the response's records (one, with the end) lasts until the
+        # leader has looked for followers again: that look must not stop the call
+        # (and the write) because the response is complete.
+        ops: Any = leading._clients.async_ops()
+        read, append = ops.read, ops.append
+        looks: list[anyio.Event] = []
 
-        async with anyio.create_task_group() as group:
-            async with anyio.create_task_group() as leader_callers:
-                leader_callers.start_soon(call, first)
-                await until(lambda: upstream.hits["/echo"] == 1)
-                group.start_soon(call, second)
-                await until(following(redis_client, prefix, "follower"))
-                leader_callers.cancel_scope.cancel()
-            await until(lambda: leader.stats().cancelled_flights == 1)
-            # The write of the response's records (one, with the end) lasts until the
-            # leader has looked for followers again: that look must not stop the call
-            # (and the write) because the response is complete.
-            ops: Any = leading._clients.async_ops()
-            read, append = ops.read, ops.append
-            looks: list[anyio.Event] = []
+        async def looking(*args: Any) -> Any:
+            for look in looks:
+                look.set()
+            return await read(*args)
 
-            async def looking(*args: Any) -> Any:
-                for look in looks:
-                    look.set()
-                return await read(*args)
+        async def slow_last_write(lease: Any, records: Any, *args: Any) -> Any:
+            if records and args[-1]:
+                looks.append(anyio.Event())
+                await looks[-1].wait()
+            return await append(lease, records, *args)
 
-            async def slow_last_write(lease: Any, records: Any, *args: Any) -> Any:
-                if records and args[-1]:
-                    looks.append(anyio.Event())
-                    await looks[-1].wait()
-                return await append(lease, records, *args)
+        monkeypatch.setattr(ops, "read", looking)
+        monkeypatch.setattr(ops, "append", slow_last_write)
 
-            monkeypatch.setattr(ops, "read", looking)
-            monkeypatch.setattr(ops, "append", slow_last_write)
-            upstream.gate.set()
+    bodies = await leader_leaves_while_a_follower_waits(
+        leader, follower, upstream, base_url, redis_client, prefix, slow_last_write_until_the_next_look
+    )
 
     assert len(bodies) == 1
     assert orjson.loads(bodies[0])["hit"] == 1
