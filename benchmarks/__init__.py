@@ -1,7 +1,7 @@
 """Benchmarks of httpx-coalesce: ``python -m benchmarks`` (``--quick`` for a smoke run).
 
 Writes ``benchmarks/results/results.{json,md}`` and ``scaling.png``, and fills the
-README's table between ``<!-- bench:start -->`` and ``<!-- bench:end -->``.
+table of docs/benchmarks.md between ``<!-- bench:start -->`` and ``<!-- bench:end -->``.
 
 Modules, one concept each: ``server`` (the loopback upstream, in its own process),
 ``inprocess`` (upstreams without a network), ``contenders`` (plain httpx, function-level

@@ -1,4 +1,4 @@
-"""Writing the results: JSON for machines, Markdown for people, the README's table.
+"""Writing the results: JSON for machines, Markdown for people, the table of docs/benchmarks.md.
 
 Every comparison is printed as a ratio to ours (CoalescingTransport with httpx) in the
 same round: the median over rounds, with the lowest and highest round in brackets.
@@ -31,7 +31,7 @@ _SECONDS = {"wall": "wall", "cpu": "CPU", "p50": "p50", "p99": "p99"}
 
 
 def write_all(results: dict[str, Any], out: Path, readme: Path | None) -> list[Path]:
-    """results.json, results.md, scaling.png (if matplotlib is there), and the README."""
+    """results.json, results.md, scaling.png (if matplotlib is there), and the benchmarks page."""
     out.mkdir(parents=True, exist_ok=True)
     results.setdefault("meta", {})["generated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"

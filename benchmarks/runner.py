@@ -267,12 +267,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="results directory (default: benchmarks/results, or benchmarks/results/quick with --quick)",
     )
     parser.add_argument(
+        "--page",
         "--readme",
+        dest="readme",
         type=Path,
         default=None,
-        help="README whose bench markers to fill (default: README.md; none with --quick)",
+        help="page whose bench markers to fill (default: docs/benchmarks.md; none with --quick)",
     )
-    parser.add_argument("--no-readme", action="store_true", help="leave the README alone")
+    parser.add_argument("--no-readme", action="store_true", help="leave the benchmarks page alone")
     parser.add_argument("--budget", type=float, default=None, help="seconds (default: 540 full, 120 quick)")
     parser.add_argument(
         "--only",
@@ -320,9 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         results["hotspots"] = {"unique": profile_overhead(requests), "followers": profile_followers(requests)}
     results["meta"]["duration_s"] = round(budget.elapsed, 1)
     results["meta"]["load_average_at_end"] = list(os.getloadavg())
-    # A smoke run must not overwrite the published results or the README's table.
+    # A smoke run must not overwrite the published results or the benchmarks page's table.
     out: Path = args.out or (RESULTS / "quick" if quick else RESULTS)
-    readme: Path | None = args.readme or (None if quick else ROOT / "README.md")
+    readme: Path | None = args.readme or (None if quick else ROOT / "docs" / "benchmarks.md")
     for other in sorted(out.glob("*.json")):
         if other.name != "results.json":
             # Written by the separate benchmarks (bench_redis, bench_sdk); left as they are.

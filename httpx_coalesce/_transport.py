@@ -60,7 +60,7 @@ class CoalescingTransport(_Bases):
     """A transport that sends identical in-flight requests upstream once.
 
     Every caller gets its own response (own stream, same status, headers and body),
-    buffered or streamed live. See the README for the key and bypass rules.
+    buffered or streamed live. The key and bypass rules: docs/key.md.
     """
 
     def __init__(

@@ -2,7 +2,7 @@
 
 The gateway gives its transport a MeterProvider of its own, read by OpenTelemetry's
 Prometheus exporter into a registry of its own (the global ones stay the user's), so
-``/metrics`` shows exactly the instruments the observability section of README lists,
+``/metrics`` shows exactly the instruments docs/metrics.md lists,
 under their Prometheus names (``httpx_coalesce.requests`` with its
 ``httpx_coalesce.outcome`` becomes ``httpx_coalesce_requests_total{httpx_coalesce_outcome=...}``).
 This is the only module of the gateway that knows how metrics are produced.

@@ -4,7 +4,7 @@ Each process still coalesces locally first; only a local flight's leader comes h
 It competes for the flight's lease in Redis. The winner sends the request upstream and
 publishes the response, live, on a Redis stream named for its round; the others read
 that stream and hand the response to their own local flights. Redis trouble never
-fails a request: the request goes upstream from this process instead (see README).
+fails a request: the request goes upstream from this process instead (see docs/fleet.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""README's Prometheus example (docs/examples/prometheus.py), run as a user would, and
+"""The Prometheus example of docs/metrics.md (docs/examples/prometheus.py), run as a user would, and
 scraped as Prometheus would."""
 
 from __future__ import annotations
