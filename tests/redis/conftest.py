@@ -23,6 +23,11 @@ from httpx_coalesce.redis._settings import Settings
 
 from ..conftest import until_sync
 
+# The real topologies (Cluster, Sentinel, Valkey): session fixtures of servers.py.
+from .servers import redis_cluster as redis_cluster
+from .servers import redis_sentinel as redis_sentinel
+from .servers import valkey_server as valkey_server
+
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 
