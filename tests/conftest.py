@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from httpx_coalesce import CoalescingTransport
+from httpx_coalesce._demo.fake_api import FakeLLMAPI
 from httpx_coalesce._demo.server import LocalServer
 
 from .upstream import Upstream
@@ -71,6 +72,45 @@ def make_transport() -> Iterator[Callable[..., CoalescingTransport]]:
     for transport in made:
         stats = transport.stats()
         assert (stats.in_flight, stats.waiters) == (0, 0), f"leaked flights: {stats}"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The shared Redis on 6379 if it answers, else one started here; never a skip."""
+    # Imported here: the recipes' Instructor run loads this file without Redis installed.
+    from .support.redis_server import shared_or_own_redis
+
+    with shared_or_own_redis() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def fake_server() -> Iterator[tuple[FakeLLMAPI, str]]:
+    """One fake LLM API (every SDK's dialect) for the SDK and recipe tests."""
+    api = FakeLLMAPI()
+    with LocalServer(api.app, on_stop=api.close) as server:
+        yield api, server.url
+
+
+@pytest.fixture
+def url(fake_server: tuple[FakeLLMAPI, str]) -> str:
+    return fake_server[1]
+
+
+@pytest.fixture
+def api(fake_server: tuple[FakeLLMAPI, str]) -> Iterator[FakeLLMAPI]:
+    """The fake API, reset to answer at once with nothing held."""
+    api = fake_server[0]
+    api.latency = api.stream_gap = 0.0
+    api.gate = api.hold = None
+    api.reset()
+    yield api
+    # Release whatever a failed test left waiting, and let its streams end before the next test.
+    for event in (api.gate, api.hold):
+        if event is not None:
+            event.set()
+    api.gate = api.hold = None
+    until_sync(lambda: api.open_streams == 0 and api.held == 0)
 
 
 async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -36,7 +36,7 @@ import httpx2
 from httpx_coalesce import CoalescingTransport
 from httpx_coalesce._stats import CoalesceStats
 
-from ..reliability.loopback import closed_port
+from ..support.ports import free_port
 from . import recording
 from .recording import LOCAL, TENANT, Fault, Recorder, recording_transport
 from .server import DifferentialServer, Gate
@@ -312,7 +312,7 @@ class Caller:
 @functools.cache
 def _refused_port() -> int:
     # One for the whole session: both runs of a scenario send the same Host header.
-    return closed_port()
+    return free_port()
 
 
 class _Run:

@@ -8,7 +8,6 @@ One gateway process serves most tests (starting one costs about a second): it ro
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,16 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from httpx_coalesce._demo.fake_api import FakeLLMAPI
 from httpx_coalesce._demo.server import LocalServer
 
+from ..support.ports import free_port
 from ..upstream import Upstream
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class GatewayProcess:

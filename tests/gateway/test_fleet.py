@@ -5,36 +5,21 @@ from __future__ import annotations
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from httpx_coalesce._demo.fake_api import FakeLLMAPI
 from httpx_coalesce._demo.server import LocalServer
 
-from ..redis.conftest import SHARED_REDIS, RedisServer, ping
 from .conftest import GatewayProcess, wait_for
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "fleet"}]}
 WORKERS = 4
 CALLERS = 40
-
-
-@pytest.fixture(scope="module")
-def fleet_redis() -> Iterator[str]:
-    """The shared Redis on 6379 if it answers, else one started here."""
-    if ping(SHARED_REDIS):
-        yield SHARED_REDIS
-        return
-    server = RedisServer()
-    try:
-        yield server.url
-    finally:
-        server.kill()
 
 
 class Workers:
@@ -67,7 +52,7 @@ def test_four_workers_on_redis_send_one_upstream_call(
     start_gateway: Callable[..., GatewayProcess],
     fake_api: FakeLLMAPI,
     fake_api_server: tuple[FakeLLMAPI, LocalServer],
-    fleet_redis: str,
+    redis_url: str,
 ) -> None:
     prefix = f"httpx-coalesce-gateway-test:{uuid.uuid4().hex[:12]}:"
     gateway = start_gateway(
@@ -76,7 +61,7 @@ def test_four_workers_on_redis_send_one_upstream_call(
         "--workers",
         str(WORKERS),
         "--redis",
-        fleet_redis,
+        redis_url,
         "--redis-prefix",
         prefix,
     )
@@ -112,10 +97,10 @@ def test_the_leading_gateway_keeps_its_call_while_a_client_of_another_still_wait
     start_gateway: Callable[..., GatewayProcess],
     fake_api: FakeLLMAPI,
     fake_api_server: tuple[FakeLLMAPI, LocalServer],
-    fleet_redis: str,
+    redis_url: str,
 ) -> None:
     prefix = f"httpx-coalesce-gateway-test:{uuid.uuid4().hex[:12]}:"
-    flags = ("--route", f"/fake={fake_api_server[1].url}", "--redis", fleet_redis, "--redis-prefix", prefix)
+    flags = ("--route", f"/fake={fake_api_server[1].url}", "--redis", redis_url, "--redis-prefix", prefix)
     leading, following = start_gateway(*flags), start_gateway(*flags)
     hold = threading.Event()
     fake_api.hold = hold
@@ -125,7 +110,7 @@ def test_the_leading_gateway_keeps_its_call_while_a_client_of_another_still_wait
     with httpx.Client() as client:
         request = client.build_request("POST", leading.url + path, json=CHAT, headers=headers)
     head = "".join(f"{name}: {value}\r\n" for name, value in request.headers.items())
-    watching = redis.Redis.from_url(fleet_redis)
+    watching = redis.Redis.from_url(redis_url)
     leaver = socket.create_connection(("127.0.0.1", leading.port))
     try:
         leaver.sendall(f"POST {path} HTTP/1.1\r\n{head}\r\n".encode() + request.content)

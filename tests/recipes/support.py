@@ -7,17 +7,14 @@ sees one upstream call for all its callers saw them overlap, and nothing here sl
 
 from __future__ import annotations
 
-import concurrent.futures
-import threading
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
-
-import anyio
 
 from httpx_coalesce import CoalescingTransport
 from httpx_coalesce._demo.fake_api import FakeLLMAPI
 
-from ..conftest import until, until_sync
+from ..support import choreography
+from ..support.choreography import OneFlight
 
 T = TypeVar("T")
 
@@ -76,29 +73,6 @@ async def streamed_text(chunks: AsyncIterable[Chunk]) -> str:
     return "".join([chunk.choices[0].delta.content or "" async for chunk in chunks if chunk.choices])
 
 
-class _Held:
-    def __init__(self, api: FakeLLMAPI, transport: CoalescingTransport, callers: int, stream: bool) -> None:
-        self.api = api
-        self.transport = transport
-        self.callers = callers
-        self.stream = stream
-        self.event = threading.Event()
-        if stream:
-            api.gate = self.event
-        else:
-            api.hold = self.event
-
-    def ready(self) -> bool:
-        stats = self.transport.stats()
-        if (stats.in_flight, stats.waiters) != (1, self.callers):
-            return False
-        return self.stream or self.api.held == 1
-
-    def release(self) -> None:
-        self.api.gate = self.api.hold = None
-        self.event.set()
-
-
 async def overlap(
     api: FakeLLMAPI,
     transport: CoalescingTransport,
@@ -108,21 +82,7 @@ async def overlap(
     callers: int = CALLERS,
 ) -> list[T]:
     """Run ``callers`` copies of ``call`` as concurrent tasks, answered once all share one flight."""
-    held = _Held(api, transport, callers, stream)
-    results: list[T] = []
-
-    async def one() -> None:
-        results.append(await call())
-
-    try:
-        async with anyio.create_task_group() as group:
-            for _ in range(callers):
-                group.start_soon(one)
-            await until(held.ready)
-            held.release()
-    finally:
-        held.release()
-    return results
+    return await choreography.overlap(OneFlight(api, transport, callers, stream), [call] * callers)
 
 
 def overlap_threads(
@@ -134,14 +94,7 @@ def overlap_threads(
     callers: int = CALLERS,
 ) -> list[T]:
     """The same with a sync client: each copy of ``call`` in a thread of its own."""
-    held = _Held(api, transport, callers, stream)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=callers) as pool:
-        futures = [pool.submit(call) for _ in range(callers)]
-        try:
-            until_sync(lambda: held.ready() or any(f.done() for f in futures))
-        finally:
-            held.release()
-        return [future.result(timeout=10) for future in futures]
+    return choreography.overlap_threads(OneFlight(api, transport, callers, stream), [call] * callers)
 
 
 def assert_one_upstream_call(

@@ -1,16 +1,14 @@
-"""Fixtures for the Redis backend: a real Redis (never skipped), private servers to
-kill, fleets of worker processes, and a check that no test leaves keys behind."""
+"""Fixtures for the Redis backend: private servers to kill, fleets of worker processes, and
+a check that no test leaves keys behind (the real Redis, ``redis_url``, is
+tests/conftest.py's: never skipped)."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +20,8 @@ import redis
 from httpx_coalesce.redis._settings import Settings
 
 from ..conftest import until_sync
+from ..support.ports import free_port as free_port  # re-exported: fleet fixture modules import it from here
+from ..support.redis_server import RedisServer
 
 # The real topologies (Cluster, Sentinel, Valkey): session fixtures of servers.py.
 from .servers import redis_cluster as redis_cluster
@@ -29,81 +29,6 @@ from .servers import redis_sentinel as redis_sentinel
 from .servers import valkey_server as valkey_server
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED_REDIS = "redis://127.0.0.1:6379/0"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def closed_port_url() -> str:
-    """A Redis URL where nothing listens: connections are refused at once."""
-    return f"redis://127.0.0.1:{free_port()}/0"
-
-
-def ping(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
-class RedisServer:
-    """A redis-server of the test's own, on a free port, with nothing on disk."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        try:
-            self.process = subprocess.Popen(
-                [
-                    "redis-server",
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        except OSError as error:
-            pytest.fail(f"cannot start redis-server: {error}")
-        deadline = time.monotonic() + 10
-        while not ping(self.url):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                pytest.fail(f"redis-server did not start on port {self.port}")
-            time.sleep(0.02)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """The shared Redis on 6379 if it answers, else one started here; never a skip."""
-    if ping(SHARED_REDIS):
-        yield SHARED_REDIS
-        return
-    server = RedisServer()
-    try:
-        yield server.url
-    finally:
-        server.kill()
 
 
 StartRedis = Callable[..., RedisServer]

@@ -16,8 +16,9 @@ from httpx_coalesce import CoalescingTransport
 from httpx_coalesce.redis import RedisBackend
 
 from ..conftest import until
+from ..support.redis_server import closed_port_url
 from ..upstream import Upstream
-from .conftest import StartRedis, blocked_readers, closed_port_url
+from .conftest import StartRedis, blocked_readers
 from .test_backend import backend, request_key
 
 pytestmark = pytest.mark.anyio

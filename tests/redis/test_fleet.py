@@ -17,8 +17,9 @@ import orjson
 import redis
 
 from ..conftest import until_sync
+from ..support.redis_server import closed_port_url
 from ..upstream import Upstream
-from .conftest import StartRedis, Worker, blocked_readers, closed_port_url
+from .conftest import StartRedis, Worker, blocked_readers
 
 MakeWorker = Callable[[dict[str, Any]], Worker]
 

@@ -68,21 +68,6 @@ def echo(_echo_server: EchoUpstream) -> Iterator[EchoUpstream]:
     _echo_server.open_gate()
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """The shared Redis on 6379 if it answers, else one started here (as tests/redis)."""
-    from ..redis.conftest import SHARED_REDIS, RedisServer, ping
-
-    if ping(SHARED_REDIS):
-        yield SHARED_REDIS
-        return
-    server = RedisServer()
-    try:
-        yield server.url
-    finally:
-        server.kill()
-
-
 @pytest.fixture
 def redis_prefix(redis_url: str) -> Iterator[str]:
     """A key prefix of this test's own, deleted afterwards."""

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-__all__ = ["Handler", "LoopbackServer", "RawRequest", "closed_port", "reset", "send_response"]
+__all__ = ["Handler", "LoopbackServer", "RawRequest", "reset", "send_response"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +160,3 @@ def reset(writer: asyncio.StreamWriter) -> None:
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
-
-
-def closed_port() -> int:
-    """A port nothing listens on: connecting is refused at once."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

@@ -22,7 +22,8 @@ import pytest
 from httpx_coalesce import CoalescingTransport
 
 from ..conftest import until
-from .loopback import LoopbackServer, RawRequest, closed_port, reset, send_response
+from ..support.ports import free_port
+from .loopback import LoopbackServer, RawRequest, reset, send_response
 
 pytestmark = pytest.mark.anyio
 
@@ -188,7 +189,7 @@ async def test_every_caller_of_a_failed_flight_gets_its_own_error_like_a_lone_cl
 async def test_refused_connections_reach_every_caller_as_their_own_connect_error(
     lib: ModuleType, make_transport: MakeTransport, figures: Counter[str]
 ) -> None:
-    port = closed_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/refused"
     expected = type(await lone_error(lib, url))
     assert issubclass(expected, lib.ConnectError)

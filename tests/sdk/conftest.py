@@ -1,4 +1,5 @@
-"""One fake LLM API server for the whole SDK suite, reset before every test."""
+"""Reference answers for the SDK suite, from calls that bypass the transport (the fake API
+and its fixtures are tests/conftest.py's)."""
 
 from __future__ import annotations
 
@@ -9,38 +10,9 @@ import httpx2
 import openai
 import pytest
 
-from httpx_coalesce._demo.fake_api import FakeLLMAPI, make_fake_api
-from httpx_coalesce._demo.server import LocalServer
+from httpx_coalesce._demo.fake_api import FakeLLMAPI
 
-from ..conftest import until_sync
 from .support import Direct
-
-
-@pytest.fixture(scope="session")
-def fake_server() -> Iterator[tuple[FakeLLMAPI, str]]:
-    api = make_fake_api()
-    with LocalServer(api.app, on_stop=api.close) as server:
-        yield api, server.url
-
-
-@pytest.fixture
-def url(fake_server: tuple[FakeLLMAPI, str]) -> str:
-    return fake_server[1]
-
-
-@pytest.fixture
-def api(fake_server: tuple[FakeLLMAPI, str]) -> Iterator[FakeLLMAPI]:
-    api = fake_server[0]
-    api.latency = api.stream_gap = 0.0
-    api.gate = api.hold = None
-    api.reset()
-    yield api
-    # Release whatever a failed test left waiting, and let its streams end before the next test.
-    for event in (api.gate, api.hold):
-        if event is not None:
-            event.set()
-    api.gate = api.hold = None
-    until_sync(lambda: api.open_streams == 0 and api.held == 0)
 
 
 @pytest.fixture(scope="session")

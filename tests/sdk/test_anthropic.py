@@ -20,10 +20,10 @@ from httpx_coalesce import CoalesceInfo, CoalescingTransport
 from httpx_coalesce._demo.fake_api import DEFAULT_CHUNKS, FakeLLMAPI
 
 from ..conftest import until
+from ..support.choreography import Conductor, overlap, overlap_threads
 from .support import (
     CLAUDE,
     MESSAGES,
-    Conductor,
     Direct,
     MakeTransport,
     N,
@@ -32,8 +32,6 @@ from .support import (
     claude_messages,
     dumps,
     message_text,
-    overlap,
-    overlap_threads,
 )
 
 _MESSAGE_EVENT_TYPES = [

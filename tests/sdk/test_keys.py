@@ -18,12 +18,11 @@ from httpx_coalesce import CoalescingTransport
 from httpx_coalesce._demo.fake_api import FakeLLMAPI
 
 from ..conftest import until
+from ..support.choreography import Conductor, HeldAtServer, overlap, overlap_threads
 from .support import (
     CLAUDE,
     GPT,
-    Conductor,
     Direct,
-    HeldAtServer,
     MakeTransport,
     N,
     anthropic_client,
@@ -34,8 +33,6 @@ from .support import (
     completion_text,
     message_text,
     openai_client,
-    overlap,
-    overlap_threads,
 )
 
 HALF = N // 2

@@ -25,11 +25,11 @@ from httpx_coalesce import CoalesceInfo, CoalescingTransport
 from httpx_coalesce._demo.fake_api import DEFAULT_CHUNKS, FakeLLMAPI
 
 from ..conftest import until
+from ..support.choreography import Conductor, overlap, overlap_threads
 from .support import (
     CHAT,
     GPT,
     RESPONSES,
-    Conductor,
     Direct,
     MakeTransport,
     N,
@@ -39,8 +39,6 @@ from .support import (
     completion_text,
     dumps,
     openai_client,
-    overlap,
-    overlap_threads,
 )
 
 

@@ -23,7 +23,8 @@ from httpx_coalesce import CoalescingTransport
 from httpx_coalesce._demo.fake_api import FakeLLMAPI
 
 from ..conftest import until_sync
-from .support import CLAUDE, GPT, Conductor, Direct, chat_messages, claude_messages, overlap_threads
+from ..support.choreography import Conductor, overlap_threads
+from .support import CLAUDE, GPT, Direct, chat_messages, claude_messages
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "sdk-quickstart.md"
 _SNIPPET = re.compile(r"<!-- snippet: ([\w-]+) -->\n```python\n(.*?)\n```", re.DOTALL)

@@ -19,12 +19,12 @@ from httpx_coalesce import CoalescingTransport
 from httpx_coalesce._demo.fake_api import FakeLLMAPI
 
 from ..conftest import until
+from ..support.choreography import Conductor, overlap, overlap_threads
 from .support import (
     CHAT,
     CLAUDE,
     GPT,
     MESSAGES,
-    Conductor,
     Direct,
     MakeTransport,
     N,
@@ -37,8 +37,6 @@ from .support import (
     completion_text,
     message_text,
     openai_client,
-    overlap,
-    overlap_threads,
 )
 
 

@@ -17,7 +17,7 @@ from httpx_coalesce import CoalescingTransport
 from httpx_coalesce._telemetry import INSTRUMENTS
 from httpx_coalesce.redis import RedisBackend
 
-from ..redis.conftest import closed_port_url
+from ..support.redis_server import closed_port_url
 from ..upstream import Upstream
 from .conftest import Readings, assert_agrees, burst, burst_sync, outcomes
 

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..conftest import until_sync
-from ..redis.conftest import free_port
+from ..support.ports import free_port
 from ..upstream import Upstream
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "prometheus.py"
