@@ -1,6 +1,6 @@
 """Every code block of the documentation (README.md and docs/*.md) is a tested example, or says why not.
 
-What stands on the line before a block's opening fence decides how it is tested:
+What stands on the line before a block's opening fence (blank lines aside) decides how it is tested:
 
 - nothing: a Python block, run here as written (with placeholder API keys in the environment, so that SDK
   clients can be built; nothing may be sent);
@@ -59,7 +59,10 @@ def blocks(page: Path) -> list[Block]:
         while end < len(lines) and lines[end].strip() != fence:
             end += 1
         code = "\n".join(line.removeprefix(indent) for line in lines[index + 1 : end])
-        marker = _MARKER.match(lines[index - 1].strip()) if index > 0 else None
+        before = index - 1
+        while before >= 0 and not lines[before].strip():  # a blank line may stand between them
+            before -= 1
+        marker = _MARKER.match(lines[before].strip()) if before >= 0 else None
         language = opening["info"].strip().split(" ")[0] if opening["info"].strip() else ""
         found.append(
             Block(
