@@ -302,7 +302,7 @@ def headline_table(results: Mapping[str, Any], link: bool = True) -> str:
         f"Ratios: the contender's median over alternating rounds ÷ ours (CoalescingTransport + httpx) in the "
         f"same round, min{DASH}max in brackets; server latency {meta.get('latency_s', 0) * 1e3:.0f} ms. "
         f"{meta.get('mode', '')} run of {meta.get('generated', '')[:10]}, {meta.get('cpus')} CPUs."
-        + (" Details: [benchmarks/results/results.md](benchmarks/results/results.md)." if link else "")
+        + (" Details: [benchmarks/results/results.md](../benchmarks/results/results.md)." if link else "")
     )
     return "\n".join(lines)
 

@@ -1,9 +1,11 @@
 """MkDocs hook: the benchmark results and scripts the pages link to, served from where they live.
 
-The pages link to ``benchmarks/results/*.md``, ``*.png``, ``*.json`` and ``benchmarks/*.py`` as the README
-did. Those files are written by the benchmarks into ``benchmarks/``, outside ``docs/``; copying them into
-``docs/`` would leave two copies to drift apart. This hook adds them to the site under the same paths, so
-``mkdocs build --strict`` checks every such link against the real files.
+The pages link to ``../benchmarks/results/*.md``, ``*.png``, ``*.json`` and ``../benchmarks/*.py``, where
+the files are in the repository, so the links work where the pages are read as files (on a forge, in an
+editor). Those files are written by the benchmarks into ``benchmarks/``, outside ``docs/``; copying them
+into ``docs/`` would leave two copies to drift apart. This hook adds them to the site as
+``benchmarks/...`` and points the pages' links there, so ``mkdocs build --strict`` checks every such link
+against the real files.
 """
 
 from __future__ import annotations
@@ -31,3 +33,9 @@ def on_files(files: Files, config: Any) -> Files:
                     )
                 )
     return files
+
+
+def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
+    # A page n folders deep reaches the repository's benchmarks/ through n + 1 "../", the site's through n.
+    depth = page.file.src_uri.count("/")
+    return markdown.replace("](" + "../" * (depth + 1) + "benchmarks/", "](" + "../" * depth + "benchmarks/")
