@@ -6,7 +6,8 @@ What stands on the line before a block's opening fence (blank lines aside) decid
   clients can be built; nothing may be sent);
 - ``<!-- snippet: name -->``: run against a fake API by tests/sdk/test_quickstart.py, which must name it;
 - ``<!-- tested: path why -->``: the test file at *path* runs what the block shows (a recipe through its
-  SDK, an example script); the path must exist;
+  SDK, an example script); the path must exist, and every call the block makes (but ours, which a test
+  may make through a fixture) is made by one of the files the comment names;
 - ``<!-- not run: why -->``: not run (it needs a real API, a server, minutes); a Python block is still
   compiled here, so it is at least valid Python.
 
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+import httpx_coalesce
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -109,12 +112,28 @@ def test_a_python_block_not_run_still_compiles(block: Block) -> None:
     compile_python(block)
 
 
-@pytest.mark.parametrize("block", [b for b in ALL if b.marker == "tested"], ids=_id)
+TESTED_ELSEWHERE = [b for b in ALL if b.marker == "tested"]
+
+
+@pytest.mark.parametrize("block", TESTED_ELSEWHERE, ids=_id)
 def test_a_block_tested_elsewhere_names_a_test_that_exists(block: Block) -> None:
     path = block.marker_text.split(" ")[0]
     assert (ROOT / path).is_file(), f"{block.where}: no {path}"
     if block.language == "python":
         compile_python(block)
+
+
+@pytest.mark.parametrize("block", [b for b in TESTED_ELSEWHERE if b.language == "python"], ids=_id)
+def test_what_a_block_tested_elsewhere_calls_is_called_by_its_test(block: Block) -> None:
+    # The test exercises what the block shows: each call of the block (an SDK's constructor, an
+    # exporter's) is made by one of the files its marker names too. Ours may come from a fixture.
+    files = [ROOT / word for word in block.marker_text.split() if (ROOT / word).is_file()]
+    tested = "".join(path.read_text(encoding="utf-8") for path in files)
+    calls = {name.split(".")[-1] for name in re.findall(r"\b([A-Za-z_][\w.]*)\(", block.code)}
+    missing = sorted(name for name in calls - set(httpx_coalesce.__all__) if f"{name}(" not in tested)
+    assert not missing, (
+        f"{block.where}: {', '.join(str(path.relative_to(ROOT)) for path in files)} never call"
+    )
 
 
 @pytest.mark.parametrize("block", [b for b in ALL if b.marker == "snippet"], ids=_id)
