@@ -19,6 +19,7 @@ import enum
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from typing import TypeVar
 from ._limits import Limits
 from ._replay import Head, Replay
 from ._signal import AsyncSignal, Signal, ThreadSignal
+from ._spool import Spool, SpoolFull
 from ._stats import Counters
 from ._tasks import Chore, later_in_janitor
 
@@ -67,16 +69,24 @@ class Abandoned(Exception):
     """
 
 
+#: The position of a reader the flight had to let go (see ``Flight._detach_slowest``):
+#: past every chunk, so it never holds one back.
+DETACHED = sys.maxsize
+
+
 class Seat:
     """One caller's place in a flight: its read position, and whether it led."""
 
-    __slots__ = ("flight", "leader", "left", "position")
+    __slots__ = ("flight", "leader", "left", "position", "whole")
 
     def __init__(self, flight: Flight, leader: bool) -> None:
         self.flight = flight
         self.leader = leader
         self.position = 0
         self.left = False
+        #: Waits for the whole body, then takes it as one shared object (see
+        #: ``Flight.start_reading``).
+        self.whole = False
 
     def leave(self) -> None:
         self.flight.leave(self)
@@ -85,6 +95,7 @@ class Seat:
 class Flight:
     __slots__ = (
         "_cancel",
+        "demand",
         "error",
         "head",
         "id",
@@ -92,14 +103,17 @@ class Flight:
         "joined",
         "key",
         "lock",
-        "pump_waiting",
+        "pump_signal",
+        "reading",
         "replay",
         "seats",
+        "shares_whole",
         "signal",
         "state",
         "table",
         "timeout",
         "upstream_response",
+        "whole_waiters",
     )
 
     def __init__(self, table: FlightTable, key: str, signal: Signal) -> None:
@@ -110,13 +124,24 @@ class Flight:
         self.signal = signal
         self.state = State.OPEN
         self.head: Head | None = None
-        self.replay = Replay()
+        self.replay = Replay(table.limits.max_body_bytes)
         #: What stopped the upstream call: raised as it is for the leader's caller only.
         self.error: BaseException | None = None
         self.joinable = True
         self.seats: set[Seat] = set()
         self.joined = 0
-        self.pump_waiting = False
+        #: A reader waits at the live edge for a chunk not pulled yet: the pump pulls
+        #: one. The upstream goes at the pace of the fastest reader, never ahead of it.
+        self.demand = False
+        #: Wakes the pump of a live body (made when one is published).
+        self.pump_signal: Signal | None = None
+        #: A live body of known length within the memory bound: a reader that starts
+        #: while another already reads it waits for the whole, and shares it.
+        self.shares_whole = False
+        #: Some reader has started reading the live body chunk by chunk.
+        self.reading = False
+        #: Readers waiting for the whole body: they want every chunk, as fast as it comes.
+        self.whole_waiters = 0
         self._cancel: Callable[[], object] | None = None
         #: The leader's timeouts, which the upstream call runs under.
         self.timeout: object = None
@@ -127,12 +152,15 @@ class Flight:
 
     # -- waiting ---------------------------------------------------------------------
 
-    def wait(self, ready: Callable[[], T], within: float | None = None) -> T | None:
+    def wait(
+        self, ready: Callable[[], T], within: float | None = None, signal: Signal | None = None
+    ) -> T | None:
         """Block the calling thread until *ready* (called under the lock) has an answer.
 
-        None if *within* seconds pass first.
+        None if *within* seconds pass first. *signal*: the readers' unless given.
         """
-        signal = self.signal
+        if signal is None:
+            signal = self.signal
         assert isinstance(signal, ThreadSignal)
         deadline = None if within is None else time.monotonic() + within
         with self.lock:
@@ -146,16 +174,19 @@ class Flight:
                     signal.wait(left)
             return result
 
-    async def wait_async(self, ready: Callable[[], T], within: float | None = None) -> T | None:
+    async def wait_async(
+        self, ready: Callable[[], T], within: float | None = None, signal: Signal | None = None
+    ) -> T | None:
         """Wait in the current task until *ready* (called under the lock) has an answer.
 
-        None if *within* seconds pass first.
+        None if *within* seconds pass first. *signal*: the readers' unless given.
         """
         with self.lock:
             result = ready()
         if result is not None:
             return result
-        signal = self.signal
+        if signal is None:
+            signal = self.signal
         assert isinstance(signal, AsyncSignal)
         deadline = None if within is None else time.monotonic() + within
         while True:
@@ -186,18 +217,67 @@ class Flight:
     def next_data(self, seat: Seat) -> bytes | _End | BaseException | None:
         """The next chunk for *seat*, END, the error that stopped the body, or None (wait)."""
         replay = self.replay
+        if seat.whole and not self._whole_ready(seat):
+            return None
         position = seat.position
         if position < replay.end:
             chunk, seat.position = replay.read(position)
-            if self.pump_waiting:
-                self.signal.fire()
             return chunk
         if replay.complete:
             return END
         if self.error is not None:
             return self.error
+        if position == DETACHED:
+            return Abandoned(
+                "this reader fell further behind the shared response than Limits.max_spool_bytes allows"
+            )
         if self.state is not State.OPEN:
             return Abandoned("the shared upstream response stopped before its end")
+        if not self.demand:
+            # At the live edge: the pump pulls the next chunk for this reader, now.
+            self.demand = True
+            if self.pump_signal is not None:
+                self.pump_signal.fire()
+        return None
+
+    def start_reading(self, seat: Seat) -> None:
+        """*seat*'s stream begins to read (once, lock held).
+
+        A body of known length within the memory bound that another reader already
+        reads chunk by chunk: this one waits for the whole and takes it as one object,
+        shared by every such reader, so a thousand callers holding ``.content`` hold one
+        copy. Its wanting every chunk keeps the pump going at the upstream's own pace,
+        so it finishes when it would alone. The first reader, and every reader of an
+        event stream or a body of unknown length, reads live.
+        """
+        if seat.position != 0 or self.replay.complete or seat.whole:
+            return
+        if self.shares_whole and self.reading:
+            seat.whole = True
+            self.whole_waiters += 1
+            if self.pump_signal is not None:
+                self.pump_signal.fire()
+        else:
+            self.reading = True
+
+    def _whole_ready(self, seat: Seat) -> bool:
+        """Whether a reader waiting for the whole body may read now (lock held)."""
+        replay = self.replay
+        ended = replay.complete or self.error is not None or self.state is not State.OPEN
+        if not ended and replay.whole:
+            return False
+        # Complete: the shared body. Failed or stopped: what came, then the error, as
+        # alone. Not whole (it outgrew its length): chunk by chunk like everyone.
+        seat.whole = False
+        self.whole_waiters -= 1
+        return True
+
+    def pull_wanted(self) -> bool | None:
+        """For the pump: True to pull the next chunk, False to stop, None to wait."""
+        if self.state is not State.OPEN:
+            return False
+        if self.demand or self.whole_waiters:
+            return True
         return None
 
     # -- what the upstream side says --------------------------------------------------
@@ -210,19 +290,26 @@ class Flight:
             self._cancel = cancel
             return True
 
-    def publish(self, head: Head, response: object = None) -> None:
+    def publish(self, head: Head, response: object = None, shares_whole: bool = False) -> Signal:
         """Hand the response out now, while its body still arrives (live fan-out); its
-        upstream *response* object is kept for the leader."""
+        upstream *response* object is kept for the leader. Returns the signal that
+        wakes the pump when a reader wants a chunk."""
+        pump_signal = self.table.make_signal(self.lock)
         with self.lock:
+            self.pump_signal = pump_signal
+            self.shares_whole = shares_whole
             self.head = head
             self.upstream_response = response
             self.signal.fire()
+        return pump_signal
 
     def append(self, chunk: bytes) -> None:
         with self.lock:
             replay = self.replay
             replay.append(chunk)
-            if self.joinable and replay.retained > self.table.limits.max_body_bytes:
+            self.demand = False
+            limit = self.table.limits.max_body_bytes
+            if self.joinable and replay.held > limit:
                 # Too big to keep for late joiners: they make their own request, and
                 # what every attached reader has passed can go.
                 self.joinable = False
@@ -230,28 +317,55 @@ class Flight:
                 logger.debug("flight %s passed the body limit; no more joiners", self.id)
             if not self.joinable:
                 self._release()
-            elif replay.batch_boundary and self.seats:
-                # The chunks stay for late joiners, but a batch every reader has passed
-                # would only be joined again by one: once a batch (not per chunk, as
-                # that is a walk over every seat), free those.
-                replay.release_batches_before(min(seat.position for seat in self.seats))
+                self._spill(limit)
             self.signal.fire()
 
-    def pump_may_go_on(self) -> bool | None:
-        """For the pump: None (wait) while the slowest reader lags a full limit behind.
+    def _spill(self, limit: int) -> None:
+        """Keep memory within *limit*: what lagging readers still need goes to disk."""
+        replay = self.replay
+        while True:
+            try:
+                replay.spill(limit, self._make_spool)
+                return
+            except SpoolFull:
+                self._detach_slowest()
 
-        This is the only way a slow reader slows the others: it keeps its place and
-        loses nothing, the pump pauses, as one upstream connection's window would.
+    def _make_spool(self) -> Spool:
+        limits = self.table.limits
+        logger.debug("flight %s spools what its lagging readers still need", self.id)
+        # Segments of an eighth of the memory bound: disk is given back in steps that
+        # small as the slowest reader moves on.
+        return Spool(limits.max_spool_bytes, limits.max_body_bytes // 8)
+
+    def _detach_slowest(self) -> None:
+        """The spool is full: let go of the readers that need what it cannot take.
+
+        Rather than pause the upstream, which would hold every other caller for as
+        long as the slowest one dawdles (forever, if it never reads again). A reader
+        that falls this far behind alone would have its connection's window shut, and
+        its server, sooner or later, drop it; here it gets a ``ReadError`` at its next
+        read, and everyone else goes on.
         """
-        # While the flight takes joiners it holds the whole body for them (and so stays
-        # under the limit); only past it does it free and wait.
-        if self.state is State.OPEN and self.seats and not self.joinable:
+        first = self.replay.first
+        detached = 0
+        for seat in self.seats:
+            if seat.position <= first:
+                if seat.whole:
+                    seat.whole = False
+                    self.whole_waiters -= 1
+                seat.position = DETACHED
+                detached += 1
+        logger.warning(
+            "flight %s: %d reader(s) fell more than Limits.max_spool_bytes behind and were let go",
+            self.id,
+            detached,
+        )
+        if detached == 0:
+            # Nobody needs the oldest chunk: nothing to keep (cannot happen while the
+            # spool is released before the slowest reader, but never loop on it).
+            self.replay.release_before(first + 1)
+        else:
             self._release()
-            if self.replay.retained > self.table.limits.max_body_bytes:
-                self.pump_waiting = True
-                return None
-        self.pump_waiting = False
-        return True
 
     def finish(self, head: Head, chunks: list[bytes] | None = None, response: object = None) -> None:
         """The body is complete. A buffered response comes whole, in *chunks*, and is
@@ -321,16 +435,22 @@ class Flight:
                 return
             seat.left = True
             self.seats.discard(seat)
+            if seat.whole:
+                seat.whole = False
+                self.whole_waiters -= 1
             if self.seats:
-                if self.pump_waiting:
-                    self.signal.fire()
-            elif self.state is State.OPEN:
-                # Nobody is left to read the answer: stop paying for it.
-                self._end(State.CANCELLED)
-                cancel = self._cancel
-                self.table.counters.add("cancelled_flights")
-                logger.debug("flight %s cancelled: every caller left", self.id)
-                ended = True
+                if not self.joinable:
+                    self._release()  # it may have been the slowest
+            else:
+                # The last reader is gone: the spool's files go with it.
+                self.replay.close()
+                if self.state is State.OPEN:
+                    # Nobody is left to read the answer: stop paying for it.
+                    self._end(State.CANCELLED)
+                    cancel = self._cancel
+                    self.table.counters.add("cancelled_flights")
+                    logger.debug("flight %s cancelled: every caller left", self.id)
+                    ended = True
         if ended:
             self._ended()
         if cancel is not None:
@@ -342,9 +462,10 @@ class Flight:
         # Out of the table first: whoever sees the end and retries starts a new flight.
         self.state = state
         self.joinable = False
-        self.pump_waiting = False
         self.table.discard(self)
         self.signal.fire()
+        if self.pump_signal is not None:
+            self.pump_signal.fire()
 
     def _ended(self) -> None:
         # Outside the lock (a metric's recording has locks of its own), once: only the
@@ -380,7 +501,7 @@ class FlightTable:
         self.limits = limits
         self.counters = counters
         self.flights: dict[str, Flight] = {}
-        self._make_signal = make_signal
+        self.make_signal = make_signal
         self._on_finish = on_finish
         #: Runs a chore where this table's callers live (their event loop, or the
         #: janitor thread), from any thread, without blocking.
@@ -394,7 +515,7 @@ class FlightTable:
             if flight is None:
                 if len(self.flights) >= self.limits.max_flights:
                     return "max_flights"
-                flight = Flight(self, key, self._make_signal(self.lock))
+                flight = Flight(self, key, self.make_signal(self.lock))
                 self.flights[key] = flight
                 logger.debug("flight %s started for key %s", flight.id, key[:12])
                 return flight.seat(leader=True)

@@ -13,11 +13,18 @@ class Limits:
     max_flights: int = 10_000
     #: Callers attached to one flight; past it, new callers pass through.
     max_waiters: int = 100_000
-    #: Response bytes one flight holds for callers that join late. A live body stops
-    #: taking joiners once past it, and then holds only what its slowest reader still
-    #: needs. (Only small bodies, see ``_upstream.SMALL_BODY_BYTES``, are read whole
-    #: before their headers are handed out.)
+    #: Response bytes one flight holds in memory. A live body stops taking joiners once
+    #: past it, and then holds only what its readers still need: the newest part in
+    #: memory, the rest a lagging reader has not read yet in the spool. (Only small
+    #: bodies, see ``_upstream.SMALL_BODY_BYTES``, are read whole before their headers
+    #: are handed out.)
     max_body_bytes: int = 16 * 1024 * 1024
+    #: Disk one flight may use for what its lagging readers still need past
+    #: ``max_body_bytes``: nameless temporary files in ``tempfile.gettempdir()`` (set
+    #: ``TMPDIR`` to move them), gone when no reader needs them, or with the process.
+    #: A reader that falls further behind is let go with a ``ReadError``; the upstream
+    #: and every other reader never wait for it.
+    max_spool_bytes: int = 1024 * 1024 * 1024
     #: The longest in-memory request body that is keyed; a longer one passes through (a
     #: streamed body always does: it is never read to make a key).
     max_request_bytes: int = 4 * 1024 * 1024

@@ -1,24 +1,27 @@
 """The replay: one upstream response, read by many callers from their own positions.
 
-The body is kept as the list of chunks the upstream sent. Chunks are shared between
-readers, never copied per reader; once a body is complete and whole, it is joined once
-and every reader that starts from the beginning gets that same bytes object.
+The body is kept as the list of chunks the upstream sent, shared between readers and
+never copied per reader. A reader keeping pace (at the live edge) gets the very chunk
+objects the upstream sent.
 
-A reader that lags (a thousand readers take turns on one core) catches up in batches:
-each piece it takes costs it a trip through the client's stream layers. Batches start
-at fixed positions and are joined once, for every reader that takes them, so a
-thousand lagging readers hold one copy of a batch, not a thousand.
+A reader that comes late or lags behind (a thousand readers take turns on one core)
+gets the rest of what is held as one object, joined once and shared by every reader
+that asks from the same place: the whole body, once it is complete, is one ``bytes``
+object for every reader that starts from the beginning. httpx's ``read()`` joins what
+a stream yields; a ``b"".join`` of one ``bytes`` is that very object, so a thousand
+such readers holding ``.content`` hold one copy, not a thousand.
+
+Past the flight's memory bound, the oldest chunks a lagging reader still needs move
+to the spool (see ``_spool``) and are read back from there.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Head", "Replay"]
+from ._spool import Spool
 
-#: Chunks in a batch, and the most bytes one may hold (past that, chunks go one by one).
-_BATCH_CHUNKS = 16
-_BATCH_BYTES = 64 * 1024
+__all__ = ["Head", "Replay"]
 
 
 class Head:
@@ -124,77 +127,157 @@ _COOKIES = frozenset({b"set-cookie", b"set-cookie2"})
 class Replay:
     """The chunks of one body. Positions are absolute chunk indices.
 
-    Not thread-safe on its own: the flight that owns it holds the lock.
+    Chunks ``[first, end)`` are in memory; before them, the spool may hold a run that
+    ends where memory begins. Not thread-safe on its own: the flight's lock guards it.
     """
 
-    __slots__ = ("_batches", "_body", "_chunks", "_first", "complete", "retained", "size")
+    __slots__ = (
+        "_body",
+        "_chunks",
+        "_first",
+        "_rests",
+        "_starts",
+        "budget",
+        "cached",
+        "complete",
+        "held",
+        "size",
+        "spool",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, budget: int = 16 * 1024 * 1024) -> None:
         self._chunks: list[bytes] = []
+        self._starts: list[int] = []  # byte offset in the body of each chunk held
         self._first = 0  # absolute index of _chunks[0]; grows as chunks are released
         self._body: bytes | None = None
-        self._batches: dict[int, bytes] = {}  # joined batches by starting position
+        #: Joined rests by starting position: (the end they reach, the bytes).
+        self._rests: dict[int, tuple[int, bytes]] = {}
+        #: Bytes of chunks plus joined rests this replay may hold in memory.
+        self.budget = budget
         self.size = 0  # bytes received in all
-        self.retained = 0  # bytes still held, batches included
+        self.held = 0  # bytes of chunks held in memory
+        self.cached = 0  # bytes of joined rests held
         self.complete = False
+        self.spool: Spool | None = None
 
     @property
     def end(self) -> int:
         return self._first + len(self._chunks)
 
     @property
+    def first(self) -> int:
+        """The first position still held in memory."""
+        return self._first
+
+    @property
+    def retained(self) -> int:
+        """Bytes held in memory: chunks, and rests joined from them."""
+        return self.held + self.cached
+
+    @property
     def whole(self) -> bool:
-        """Every chunk since the first is still held."""
+        """Every chunk since the first is still held in memory."""
         return self._first == 0
 
     def append(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
+        self._starts.append(self.size)
         self.size += len(chunk)
-        self.retained += len(chunk)
+        self.held += len(chunk)
 
     def read(self, position: int) -> tuple[bytes, int]:
         """The data at *position* (which must be held) and the position after it."""
-        if position == 0 and self.complete and self._first == 0:
-            return self.body(), self.end
-        if position < self._first:
-            # A reader's data was freed under it: a bug, never to be papered over with
-            # the wrong bytes.
-            raise AssertionError(f"replay position {position} was released (first held: {self._first})")
+        first = self._first
+        if position < first:
+            spool = self.spool
+            if spool is None or spool.empty or position < spool.first:
+                # A reader's data was freed under it: a bug, never to be papered over
+                # with the wrong bytes.
+                raise AssertionError(f"replay position {position} was released (first held: {first})")
+            return spool.read(position)
         chunks = self._chunks
-        index = position - self._first
-        if position % _BATCH_CHUNKS == 0 and index + _BATCH_CHUNKS <= len(chunks):
-            batch = self._batches.get(position)
-            if batch is None and sum(map(len, chunks[index : index + _BATCH_CHUNKS])) <= _BATCH_BYTES:
-                batch = self._batches[position] = b"".join(chunks[index : index + _BATCH_CHUNKS])
-                self.retained += len(batch)
-            if batch is not None:
-                return batch, position + _BATCH_CHUNKS
-        return chunks[index], position + 1
+        index = position - first
+        if index == len(chunks) - 1:
+            return chunks[index], position + 1  # at the live edge: the chunk itself
+        if position == 0 and self.complete and first == 0:
+            return self.body(), self.end
+        return self._rest(position, index)
+
+    def _rest(self, position: int, index: int) -> tuple[bytes, int]:
+        end = self.end
+        rest = self._rests.get(position)
+        if rest is not None and rest[0] == end:
+            return rest[1], end
+        if rest is not None:
+            del self._rests[position]
+            self.cached -= len(rest[1])
+        size = self.size - self._starts[index]
+        if self.retained + size > self.budget:
+            # No room for one more joined copy: the reader goes chunk by chunk.
+            return self._chunks[index], position + 1
+        joined = b"".join(self._chunks[index:])
+        self._rests[position] = (end, joined)
+        self.cached += size
+        return joined, end
 
     def body(self) -> bytes:
         """The complete, whole body as one bytes object, joined at most once."""
         if self._body is None:
-            self._body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+            if len(self._chunks) == 1:
+                self._body = self._chunks[0]
+            else:
+                rest = self._rests.get(0)
+                # A rest from the start that reaches the end is the body, joined already.
+                self._body = rest[1] if rest is not None and rest[0] == self.end else b"".join(self._chunks)
         return self._body
 
-    def release_batches_before(self, position: int) -> None:
-        """Free the joined batches no reader can still take (their chunks stay held)."""
-        if self._batches:
-            for start in [start for start in self._batches if start < position]:
-                self.retained -= len(self._batches.pop(start))
-
-    @property
-    def batch_boundary(self) -> bool:
-        """The last chunk appended completed a batch."""
-        return self.end % _BATCH_CHUNKS == 0
+    def drop_rests(self, before: int | None = None) -> None:
+        """Free joined rests (those starting before *before*, or all): no reader can
+        still take them, or memory is needed for chunks."""
+        rests = self._rests
+        if rests:
+            for start in [start for start in rests if before is None or start < before]:
+                self.cached -= len(rests.pop(start)[1])
 
     def release_before(self, position: int) -> None:
-        """Free the chunks no reader can still need."""
+        """Free the chunks (and spool files) no reader can still need."""
+        spool = self.spool
+        if spool is not None and not spool.empty:
+            spool.release_before(position)
         drop = position - self._first
         if drop <= 0:
             return
-        self.retained -= sum(len(chunk) for chunk in self._chunks[:drop])
+        drop = min(drop, len(self._chunks))
+        self.held -= sum(len(chunk) for chunk in self._chunks[:drop])
         del self._chunks[:drop]
-        self._first = position
+        del self._starts[:drop]
+        self._first += drop
         self._body = None
-        self.release_batches_before(position)
+        self.drop_rests(position)
+
+    def spill(self, limit: int, make_spool: Any) -> None:
+        """Move the oldest chunks to the spool until memory holds at most *limit* bytes
+        of chunks (joined rests go first: they are only a convenience).
+
+        Raises ``SpoolFull`` when the spool has no room for the next one.
+        """
+        if self.retained <= limit:
+            return
+        self.drop_rests()
+        chunks = self._chunks
+        while self.held > limit and chunks:
+            spool = self.spool
+            if spool is None:
+                spool = self.spool = make_spool()
+            chunk = chunks[0]
+            spool.append(self._first, chunk)
+            del chunks[0]
+            del self._starts[0]
+            self._first += 1
+            self.held -= len(chunk)
+            self._body = None
+
+    def close(self) -> None:
+        """Nobody reads any more: give the spool's files back."""
+        if self.spool is not None:
+            self.spool.close()

@@ -112,6 +112,11 @@ class _SeatStream:
         read = timeout.get("read")
         return None if read is None else float(read)
 
+    def _still_coming(self, size: int) -> bool:
+        """A reader waiting for the whole body ran out of its read budget: whether bytes
+        came meanwhile (alone, each of them would have reset its read timeout)."""
+        return self._seat.whole and self._seat.flight.replay.size != size
+
     def _chunk(self, data: bytes | _End | BaseException | None) -> bytes | None:
         """What the reader does with what its wait gave: the chunk to yield, None at the
         end, or it raises. The one place both faces below decide; they only wait."""
@@ -134,10 +139,20 @@ class _SeatStream:
 
 class _AsyncSeatStream(_SeatStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        flight = self._seat.flight
-        ready = partial(flight.next_data, self._seat)
+        seat = self._seat
+        flight = seat.flight
+        replay = flight.replay
+        ready = partial(flight.next_data, seat)
         within = self._read_budget()
-        while (chunk := self._chunk(await flight.wait_async(ready, within))) is not None:
+        with flight.lock:
+            flight.start_reading(seat)
+        while True:
+            size = replay.size
+            data = await flight.wait_async(ready, within)
+            if data is None and self._still_coming(size):
+                continue
+            if (chunk := self._chunk(data)) is None:
+                return
             yield chunk
 
     async def aclose(self) -> None:
@@ -150,10 +165,20 @@ class _SyncSeatStream(_SeatStream):
         super().__init__(seat, request, library)
 
     def __iter__(self) -> Iterator[bytes]:
-        flight = self._seat.flight
-        ready = partial(flight.next_data, self._seat)
+        seat = self._seat
+        flight = seat.flight
+        replay = flight.replay
+        ready = partial(flight.next_data, seat)
         within = self._read_budget()
-        while (chunk := self._chunk(flight.wait(ready, within))) is not None:
+        with flight.lock:
+            flight.start_reading(seat)
+        while True:
+            size = replay.size
+            data = flight.wait(ready, within)
+            if data is None and self._still_coming(size):
+                continue
+            if (chunk := self._chunk(data)) is None:
+                return
             yield chunk
 
     def close(self) -> None:

@@ -5,8 +5,12 @@ is sent in the leader's own context: on an event loop, from a detached task star
 with the leader's ``contextvars`` (a task that outlives any one caller's
 cancellation); for threads, from the leader's own thread, which blocks on the call as
 it would alone. A live body is then pumped apart from every caller (the same task, or
-a worker thread carrying the leader's ``contextvars``) as fast as it arrives, whatever
-the readers do, until the slowest reader lags a whole body limit behind.
+a worker thread carrying the leader's ``contextvars``), so that no caller's cancellation
+stops it midway, but at the pace of the fastest reader: the pump waits until some
+reader asks for a chunk not pulled yet, and pulls that one. A lone caller thus sees
+exactly the reads of the inner transport's body it would alone (none before it reads,
+one per chunk it takes), and the upstream keeps its back-pressure. Readers behind the
+fastest are served from the replay (memory, then the spool), never by waiting for it.
 
 Whatever stops the upstream call, other than a caller-side cancellation, ends up in the
 flight, never in the event loop or a worker thread: the flight hands it to the leader's
@@ -26,9 +30,10 @@ import anyio
 from ._flight import Flight
 from ._limits import Limits
 from ._replay import Head
+from ._signal import Signal
 from ._tasks import cancelled_from_outside
 
-__all__ = ["SMALL_BODY_BYTES", "is_buffered", "lead_sync", "pump_async"]
+__all__ = ["SMALL_BODY_BYTES", "is_buffered", "lead_sync", "pump_async", "shares_whole"]
 
 logger = logging.getLogger("httpx_coalesce")
 
@@ -58,6 +63,14 @@ def is_buffered(head: Head, method: str, limits: Limits) -> bool:
     return length is not None and length <= min(SMALL_BODY_BYTES, limits.max_body_bytes)
 
 
+def shares_whole(head: Head, limits: Limits) -> bool:
+    """Whether a live body may be handed whole to readers that start while another
+    reads it: its length is known and fits in memory, and it is not an event stream
+    (whose readers need every event as it comes)."""
+    length = head.content_length()
+    return length is not None and length <= limits.max_body_bytes and not head.is_event_stream()
+
+
 async def pump_async(
     flight: Flight, send: Callable[[Any], Awaitable[Any]], request: Any, limits: Limits
 ) -> None:
@@ -78,14 +91,20 @@ async def pump_async(
                 chunks.append(chunk)
             flight.finish(head, chunks, response)
         else:
-            flight.publish(head, response)
+            pump_signal = flight.publish(head, response, shares_whole(head, limits))
             # The leader's caller reads through that Response now: holding it here would
             # keep its stream from being collected (and leaving) if the caller drops it.
             response = None
-            async for chunk in stream:
+            body = stream.__aiter__()
+            while True:
+                if not await flight.wait_async(flight.pull_wanted, signal=pump_signal):
+                    return  # every reader left: the flight is over
+                try:
+                    chunk = await body.__anext__()
+                except StopAsyncIteration:
+                    break
                 if chunk:
                     flight.append(chunk)
-                    await flight.wait_async(flight.pump_may_go_on)
             flight.finish(head)
     except BaseException as error:
         if not cancelled_from_outside(error):
@@ -137,9 +156,9 @@ def lead_sync(
         else:
             stop = threading.Event()
             if flight.set_canceller(stop.set):
-                flight.publish(head, response)
+                pump_signal = flight.publish(head, response, shares_whole(head, limits))
                 context = contextvars.copy_context()
-                start_thread(lambda: context.run(_pump_sync, flight, stream, head, stop))
+                start_thread(lambda: context.run(_pump_sync, flight, stream, head, stop, pump_signal))
                 pumped_elsewhere = True  # the stream and the flight's end are the worker's now
     except BaseException as error:
         # In the leader's thread: the leader raises it itself (see Flight.fail).
@@ -151,16 +170,20 @@ def lead_sync(
                 _close_sync(stream)
 
 
-def _pump_sync(flight: Flight, stream: Any, head: Head, stop: threading.Event) -> None:
-    """A live body, in a worker thread."""
+def _pump_sync(flight: Flight, stream: Any, head: Head, stop: threading.Event, pump_signal: Signal) -> None:
+    """A live body, in a worker thread, one chunk each time a reader asks for one."""
     try:
-        for chunk in stream:
-            # A thread cannot be interrupted mid-read; it stops at the next chunk.
-            if stop.is_set():
+        body = iter(stream)
+        while True:
+            # A thread cannot be interrupted mid-read; it stops before the next one.
+            if not flight.wait(flight.pull_wanted, signal=pump_signal) or stop.is_set():
                 return
+            try:
+                chunk = next(body)
+            except StopIteration:
+                break
             if chunk:
                 flight.append(chunk)
-                flight.wait(flight.pump_may_go_on)
         flight.finish(head)
     except BaseException as error:
         # Whatever it is, a worker thread is no place for it: the readers get it.

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from httpx_coalesce import Limits
-from httpx_coalesce._flight import END, Flight, FlightTable, Seat
+from httpx_coalesce._flight import END, Abandoned, Flight, FlightTable, Seat
 from httpx_coalesce._replay import Head
 from httpx_coalesce._signal import ThreadSignal
 from httpx_coalesce._stats import Counters
@@ -38,18 +38,14 @@ def read_all(seat: Seat) -> bytes:
         data += chunk
 
 
-def test_a_late_joiner_reads_from_the_start_even_after_the_pump_checked_on_readers() -> None:
+def test_a_late_joiner_reads_from_the_start_after_an_early_reader_passed_it() -> None:
     flights = table()
     early = join(flights)
     flight = early.flight
     flight.publish(HEAD)
     for chunk in (b"a", b"b", b"c"):
         flight.append(chunk)
-        with flight.lock:
-            assert flight.pump_may_go_on() is True
     assert read_all(early) == b"abc"
-    with flight.lock:
-        flight.pump_may_go_on()
     late = join(flights)
     assert late.flight is flight
     assert read_all(late) == b"abc"
@@ -67,27 +63,70 @@ def test_past_the_limit_the_flight_takes_no_joiners_and_frees_what_all_readers_p
     assert flights.flights == {}
     assert join(flights).flight is not flight
     assert read_all(first) == b"0123456789abcdef"
-    # The second reader has read nothing: everything is still held for it.
-    assert flight.replay.retained == 16
+    # The second reader has read nothing: what memory cannot hold went to the spool.
+    assert flight.replay.retained == 6
+    assert flight.replay.spool is not None
+    assert flight.replay.spool.disk == 10
     assert read_all(second) == b"0123456789abcdef"
     flight.append(b"g")
     assert flight.replay.retained == 1
+    assert flight.replay.spool.disk == 0  # every reader passed it: its file is closed
 
 
-def test_the_pump_waits_only_once_the_slowest_reader_is_a_limit_behind() -> None:
+def test_the_pump_pulls_only_when_a_reader_waits_at_the_live_edge() -> None:
+    flights = table()
+    seat = join(flights)
+    flight = seat.flight
+    flight.publish(HEAD)
+    with flight.lock:
+        assert flight.pull_wanted() is None  # nobody asked yet: the upstream is not read
+        assert flight.next_data(seat) is None
+        assert flight.pull_wanted() is True
+    flight.append(b"a")
+    with flight.lock:
+        assert flight.pull_wanted() is None
+        assert flight.next_data(seat) == b"a"
+        assert flight.pull_wanted() is None
+    seat.leave()
+    with flight.lock:
+        assert flight.pull_wanted() is False  # every reader left: the pump stops
+
+
+def test_a_stalled_reader_never_holds_the_pump_its_part_goes_to_the_spool() -> None:
     flights = table(max_body_bytes=10)
     fast, slow = join(flights), join(flights)
     flight = fast.flight
     flight.publish(HEAD)
-    flight.append(b"x" * 11)
+    sent = b""
+    for n in range(20):
+        chunk = bytes([65 + n]) * 4
+        flight.append(chunk)
+        sent += chunk
+        assert read_all(fast) == chunk
+    assert flight.replay.retained <= 10
+    assert read_all(slow) == sent
+    slow.leave()
+    fast.leave()
+    assert flight.replay.spool is not None
+    assert flight.replay.spool.files() == 0
+
+
+def test_a_reader_past_the_spool_bound_is_let_go_and_the_others_go_on() -> None:
+    flights = FlightTable(
+        Limits(max_body_bytes=8, max_spool_bytes=16), Counters(), ThreadSignal, lambda flight: None
+    )
+    fast, slow = join(flights), join(flights)
+    flight = fast.flight
+    flight.publish(HEAD)
+    for n in range(10):
+        flight.append(bytes([65 + n]) * 4)
+        read_all(fast)
     with flight.lock:
-        assert flight.pump_may_go_on() is None
-    read_all(fast)
-    with flight.lock:
-        assert flight.pump_may_go_on() is None
-    read_all(slow)
-    with flight.lock:
-        assert flight.pump_may_go_on() is True
+        error = flight.next_data(slow)
+    assert isinstance(error, Abandoned)
+    assert "max_spool_bytes" in str(error)
+    assert flight.replay.spool is not None
+    assert flight.replay.spool.disk == 0
 
 
 def test_a_complete_whole_body_is_one_bytes_object_for_every_reader() -> None:
@@ -166,7 +205,7 @@ def test_flight_repr_shows_a_hashed_key_prefix_only() -> None:
     assert isinstance(seat.flight, Flight)
 
 
-def test_lagging_readers_share_one_joined_batch_instead_of_a_copy_each() -> None:
+def test_lagging_readers_share_one_joined_rest_and_readers_at_the_edge_get_the_chunk() -> None:
     from httpx_coalesce._replay import Replay
 
     replay = Replay()
@@ -176,29 +215,43 @@ def test_lagging_readers_share_one_joined_batch_instead_of_a_copy_each() -> None
     first, after_first = replay.read(0)
     second, after_second = replay.read(0)
     assert first is second  # one join, however many readers take it
-    assert (first, after_first) == (b"".join(chunks[:16]), 16)
-    assert after_second == 16
-    # Off a batch boundary a reader takes shared chunks one by one until it is on one.
-    data, position = replay.read(5)
-    assert data is chunks[5]
-    assert position == 6
-    pieces = [data]
-    while position < replay.end:
-        data, position = replay.read(position)
-        pieces.append(data)
-    assert b"".join(pieces) == b"".join(chunks[5:])
-    assert replay.retained == 40 * 10 + 2 * 160  # the chunks, and the two batches joined
+    assert (first, after_first) == (b"".join(chunks), 40)
+    assert after_second == 40
+    data, position = replay.read(39)
+    assert data is chunks[39]  # at the live edge: the upstream's own chunk
+    assert position == 40
+    assert replay.retained == 2 * 40 * 10  # the chunks, and the rest joined once
     replay.release_before(32)
-    assert replay.retained == 8 * 10  # freed batches count as freed bytes
+    assert replay.retained == 8 * 10  # freed rests count as freed bytes
 
 
-def test_a_batch_too_big_to_join_goes_chunk_by_chunk() -> None:
+def test_a_rest_too_big_for_the_budget_goes_chunk_by_chunk() -> None:
     from httpx_coalesce._replay import Replay
 
-    replay = Replay()
-    big = [b"x" * 8192 for _ in range(16)]
+    replay = Replay(budget=100)
+    big = [b"x" * 30 for _ in range(3)]
     for chunk in big:
         replay.append(chunk)
     data, position = replay.read(0)
     assert data is big[0]
     assert position == 1
+
+
+def test_a_late_reader_and_a_lagging_reader_get_the_very_same_body_object() -> None:
+    flights = table()
+    leader, lagging = join(flights), join(flights)
+    flight = leader.flight
+    flight.publish(Head(200, ((b"content-length", b"6"),), None, None), shares_whole=True)
+    with flight.lock:
+        flight.start_reading(leader)
+        flight.start_reading(lagging)  # another reads live: this one waits for the whole
+        assert flight.next_data(lagging) is None
+    flight.append(b"abc")
+    flight.append(b"def")
+    flight.finish(HEAD)
+    late = join(flights) if flights.flights else Seat(flight, leader=False)
+    with flight.lock:
+        from_lagging = flight.next_data(lagging)
+        from_late = flight.next_data(late)
+    assert from_lagging == b"abcdef"
+    assert from_lagging is from_late
