@@ -1,0 +1,193 @@
+"""Big bodies: one copy for late and lagging readers, and no reader stalls another.
+
+Against the real loopback server. A flight holds ``max_body_bytes`` in memory; past
+that, what a lagging reader still needs goes to nameless temporary files (the spool),
+made here in a directory of the test's own so that the test can see them come and go
+through ``/proc/self/fd``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import anyio
+import pytest
+
+from httpx_coalesce import CoalescingTransport, Limits
+
+from .conftest import until, until_sync
+from .test_streaming import expected_stream
+from .upstream import Upstream
+
+MakeTransport = Callable[..., CoalescingTransport]
+
+#: 200 events of about 110 bytes: 22 KB, forty times the memory bound below.
+EVENTS, PAD = 200, 100
+URL = f"/sse?events={EVENTS}&pad={PAD}&hold=1"
+LIMITS = Limits(max_body_bytes=500)
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+def open_spool_files(directory: Path) -> int:
+    """Files of *directory* this process holds open (a nameless one shows as deleted)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(directory)):
+            count += 1
+    return count
+
+
+@pytest.mark.anyio
+async def test_a_stalled_reader_holds_nobody_and_reads_its_spilled_body_back_byte_exact(
+    lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport, spool_dir: Path
+) -> None:
+    transport = make_transport(limits=LIMITS)
+    upstream.hold()
+    fast_data = b""
+    async with lib.AsyncClient(transport=transport, base_url=base_url) as client:
+        async with client.stream("GET", URL) as stalled:
+            async with client.stream("GET", URL) as fast:
+                await until(lambda: transport.stats().waiters == 2)
+                upstream.gate.set()
+                # Pass condition: the fast reader gets its whole body while the other
+                # has read nothing at all (before, the pump waited for it forever).
+                async for chunk in fast.aiter_raw():
+                    fast_data += chunk
+            assert open_spool_files(spool_dir) > 0  # the stalled reader's part is on disk
+            stalled_data = b"".join([chunk async for chunk in stalled.aiter_raw()])
+    assert fast_data == stalled_data == expected_stream(EVENTS, pad=PAD)
+    assert upstream.hits["/sse"] == 1
+    assert open_spool_files(spool_dir) == 0
+
+
+def test_a_stalled_reader_holds_no_thread_and_reads_its_spilled_body_back_byte_exact(
+    lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport, spool_dir: Path
+) -> None:
+    transport = make_transport(limits=LIMITS)
+    upstream.hold()
+    fast_data: list[bytes] = []
+    with lib.Client(transport=transport, base_url=base_url) as client:
+        with client.stream("GET", URL) as stalled:  # the leader: its thread sent the request
+
+            def read_fast() -> None:
+                with client.stream("GET", URL) as fast:
+                    fast_data.extend(fast.iter_raw())
+
+            reader = threading.Thread(target=read_fast)
+            reader.start()
+            until_sync(lambda: transport.stats().waiters == 2)
+            upstream.gate.set()
+            reader.join(timeout=30)
+            assert not reader.is_alive()  # done while the other holds its unread response
+            assert open_spool_files(spool_dir) > 0
+            stalled_data = b"".join(stalled.iter_raw())
+    assert b"".join(fast_data) == stalled_data == expected_stream(EVENTS, pad=PAD)
+    assert open_spool_files(spool_dir) == 0
+
+
+@pytest.mark.anyio
+async def test_the_spool_is_gone_once_its_readers_are_cancelled(
+    lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport, spool_dir: Path
+) -> None:
+    transport = make_transport(limits=LIMITS)
+    upstream.hold()
+    spilled = anyio.Event()
+
+    async def stall(client: Any) -> None:
+        async with client.stream("GET", URL):
+            await anyio.sleep_forever()
+
+    async def read_half(client: Any) -> None:
+        async with client.stream("GET", URL) as response:
+            got = 0
+            async for chunk in response.aiter_raw():
+                got += len(chunk)
+                if got > 10 * LIMITS.max_body_bytes and open_spool_files(spool_dir) > 0:
+                    spilled.set()
+                    await anyio.sleep_forever()
+
+    async with lib.AsyncClient(transport=transport, base_url=base_url) as client:
+        async with anyio.create_task_group() as group:
+            group.start_soon(stall, client)
+            await until(lambda: transport.stats().waiters == 1)
+            group.start_soon(read_half, client)
+            await until(lambda: transport.stats().waiters == 2)
+            upstream.gate.set()
+            await spilled.wait()
+            group.cancel_scope.cancel()
+    assert open_spool_files(spool_dir) == 0
+
+
+@pytest.mark.anyio
+async def test_the_spool_is_gone_after_the_leading_caller_crashes_and_the_upstream_breaks(
+    lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport, spool_dir: Path
+) -> None:
+    transport = make_transport(limits=LIMITS)
+    upstream.hold()
+    url = f"/sse?events={EVENTS}&pad={PAD}&hold=1&fail={EVENTS // 2}"
+    follower_data = b""
+    follower_error: BaseException | None = None
+
+    async def lead_and_crash(client: Any) -> None:
+        nonlocal follower_data, follower_error
+        async with client.stream("GET", url) as leader:
+            assert leader.extensions["coalesce"].leader
+            async with client.stream("GET", url) as follower:
+                await until(lambda: transport.stats().waiters == 2)
+                upstream.gate.set()
+                try:
+                    async for chunk in follower.aiter_raw():
+                        follower_data += chunk
+                except lib.TransportError as error:
+                    follower_error = error
+                # The leader reads nothing: what it still needs past the memory
+                # bound is spooled for it, until the upstream breaks.
+                raise RuntimeError("the leading caller's own bug")
+
+    async with lib.AsyncClient(transport=transport, base_url=base_url) as client:
+        with pytest.raises(RuntimeError, match="the leading caller's own bug"):
+            await lead_and_crash(client)
+    assert follower_error is not None
+    assert follower_data == expected_stream(EVENTS // 2, pad=PAD)[: len(follower_data)]
+    assert len(follower_data) > 10 * LIMITS.max_body_bytes
+    assert open_spool_files(spool_dir) == 0
+
+
+@pytest.mark.anyio
+async def test_a_late_reader_and_a_lagging_reader_get_the_very_same_body_object(
+    lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport
+) -> None:
+    transport = make_transport()
+    url = "/big?size=100000"  # past the 16 KiB read whole before the headers
+    async with lib.AsyncClient(transport=transport, base_url=base_url) as client:
+        # Nothing of the body is pulled before someone reads it, so the flight still
+        # takes joiners once the first caller has its headers.
+        async with (
+            client.stream("GET", url) as live,
+            client.stream("GET", url) as lagging,
+            client.stream("GET", url) as late,
+        ):
+            assert upstream.hits["/big"] == 1
+            first = await live.aiter_raw().__anext__()  # the first reader reads live
+            assert 0 < len(first) < 100_000
+            # A reader that starts while another reads: it waits for the whole and
+            # takes it as one object; a reader that starts after the end, the same one.
+            await lagging.aread()
+            await late.aread()
+            assert lagging.content is late.content
+            assert len(late.content) == 100_000
