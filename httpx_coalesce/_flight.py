@@ -103,6 +103,7 @@ class Flight:
         "joined",
         "key",
         "lock",
+        "oversized",
         "pump_signal",
         "reading",
         "replay",
@@ -128,6 +129,8 @@ class Flight:
         #: What stopped the upstream call: raised as it is for the leader's caller only.
         self.error: BaseException | None = None
         self.joinable = True
+        #: Past max_body_bytes: memory holds only what readers still need, and spills.
+        self.oversized = False
         self.seats: set[Seat] = set()
         self.joined = 0
         #: A reader waits at the live edge for a chunk not pulled yet: the pump pulls
@@ -313,9 +316,10 @@ class Flight:
                 # Too big to keep for late joiners: they make their own request, and
                 # what every attached reader has passed can go.
                 self.joinable = False
+                self.oversized = True
                 self.table.discard(self)
                 logger.debug("flight %s passed the body limit; no more joiners", self.id)
-            if not self.joinable:
+            if self.oversized:
                 self._release()
                 self._spill(limit)
             self.signal.fire()
@@ -439,8 +443,10 @@ class Flight:
                 seat.whole = False
                 self.whole_waiters -= 1
             if self.seats:
-                if not self.joinable:
-                    self._release()  # it may have been the slowest
+                if self.oversized and seat.position <= self.replay.first:
+                    # It may have been the slowest: what nobody needs now can go. (Only
+                    # then: a walk over every seat per leaving caller would be quadratic.)
+                    self._release()
             else:
                 # The last reader is gone: the spool's files go with it.
                 self.replay.close()
