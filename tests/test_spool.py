@@ -191,3 +191,22 @@ async def test_a_late_reader_and_a_lagging_reader_get_the_very_same_body_object(
             await late.aread()
             assert lagging.content is late.content
             assert len(late.content) == 100_000
+
+
+def test_threads_that_start_reading_late_share_the_very_same_body_object(
+    lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport
+) -> None:
+    transport = make_transport()
+    url = "/big?size=100000"
+    with (
+        lib.Client(transport=transport, base_url=base_url) as client,
+        client.stream("GET", url) as live,
+        client.stream("GET", url) as lagging,
+        client.stream("GET", url) as late,
+    ):
+        assert upstream.hits["/big"] == 1
+        assert 0 < len(next(live.iter_raw())) < 100_000
+        lagging.read()
+        late.read()
+        assert lagging.content is late.content
+        assert len(late.content) == 100_000
