@@ -114,6 +114,7 @@ class Flight:
         "table",
         "timeout",
         "upstream_response",
+        "whole_signal",
         "whole_waiters",
     )
 
@@ -145,6 +146,9 @@ class Flight:
         self.reading = False
         #: Readers waiting for the whole body: they want every chunk, as fast as it comes.
         self.whole_waiters = 0
+        #: Wakes the readers waiting for the whole body: only at the end, not per chunk
+        #: (a thousand of them woken per chunk would cost more than the chunks).
+        self.whole_signal: Signal | None = None
         self._cancel: Callable[[], object] | None = None
         #: The leader's timeouts, which the upstream call runs under.
         self.timeout: object = None
@@ -243,6 +247,12 @@ class Flight:
                 self.pump_signal.fire()
         return None
 
+    def signal_for(self, seat: Seat) -> Signal:
+        """What wakes *seat*'s reader (lock held): the end, for one waiting for the whole
+        body; every chunk, for everyone else."""
+        whole_signal = self.whole_signal
+        return whole_signal if seat.whole and whole_signal is not None else self.signal
+
     def start_reading(self, seat: Seat) -> None:
         """*seat*'s stream begins to read (once, lock held).
 
@@ -258,6 +268,8 @@ class Flight:
         if self.shares_whole and self.reading:
             seat.whole = True
             self.whole_waiters += 1
+            if self.whole_signal is None:
+                self.whole_signal = self.table.make_signal(self.lock)
             if self.pump_signal is not None:
                 self.pump_signal.fire()
         else:
@@ -359,6 +371,8 @@ class Flight:
                     self.whole_waiters -= 1
                 seat.position = DETACHED
                 detached += 1
+        if self.whole_signal is not None:
+            self.whole_signal.fire()
         logger.warning(
             "flight %s: %d reader(s) fell more than Limits.max_spool_bytes behind and were let go",
             self.id,
@@ -470,8 +484,9 @@ class Flight:
         self.joinable = False
         self.table.discard(self)
         self.signal.fire()
-        if self.pump_signal is not None:
-            self.pump_signal.fire()
+        for signal in (self.pump_signal, self.whole_signal):
+            if signal is not None:
+                signal.fire()
 
     def _ended(self) -> None:
         # Outside the lock (a metric's recording has locks of its own), once: only the

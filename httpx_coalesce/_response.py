@@ -146,9 +146,10 @@ class _AsyncSeatStream(_SeatStream):
         within = self._read_budget()
         with flight.lock:
             flight.start_reading(seat)
+            signal = flight.signal_for(seat)
         while True:
             size = replay.size
-            data = await flight.wait_async(ready, within)
+            data = await flight.wait_async(ready, within, signal if seat.whole else None)
             if data is None and self._still_coming(size):
                 continue
             if (chunk := self._chunk(data)) is None:
@@ -172,9 +173,10 @@ class _SyncSeatStream(_SeatStream):
         within = self._read_budget()
         with flight.lock:
             flight.start_reading(seat)
+            signal = flight.signal_for(seat)
         while True:
             size = replay.size
-            data = flight.wait(ready, within)
+            data = flight.wait(ready, within, signal if seat.whole else None)
             if data is None and self._still_coming(size):
                 continue
             if (chunk := self._chunk(data)) is None:
