@@ -13,24 +13,52 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from ._errors import RedisTrouble
 from ._ops import Lease, SyncOps
 
-__all__ = ["Hold", "LeaseKeeper"]
+__all__ = ["Hold", "LeaseKeeper", "Publisher"]
 
 logger = logging.getLogger("httpx_coalesce.redis")
 
 
-class Hold:
-    """A lease the keeper renews until released; ``lost`` once Redis said it is gone."""
+#: Seconds between the keeper's ticks while a leader has records Redis has not taken
+#: yet: its followers wait for them.
+CATCH_UP_TICK = 0.1
 
-    __slots__ = ("_keeper", "lease", "lost")
+
+class Publisher(Protocol):
+    """A leader whose records the keeper writes while Redis could not take them."""
+
+    @property
+    def behind(self) -> bool:
+        """Records are waiting for Redis, or the lease must be taken again."""
+
+    def lease_lost(self) -> None:
+        """Redis said the lease is not this leader's (any more)."""
+
+    def catch_up(self, ops: SyncOps) -> bool:
+        """Write what is waiting; True once nothing more will be (drop the hold)."""
+
+    def overdue(self) -> bool:
+        """Behind for too long while Redis failed: True if it gave up (drop the hold)."""
+
+
+class Hold:
+    """A lease the keeper renews until released; ``lost`` once Redis said it is gone.
+
+    A hold with a ``publisher`` is not dropped when its lease is gone: the publisher
+    may take it again (see ``_lead``), and the keeper writes what it could not.
+    """
+
+    __slots__ = ("_keeper", "lease", "lost", "publisher")
 
     def __init__(self, keeper: LeaseKeeper, lease: Lease) -> None:
         self._keeper = keeper
         self.lease = lease
         self.lost = False
+        self.publisher: Publisher | None = None
 
     def release(self) -> None:
         """Stop renewing (the lease was released, lost, or is left to expire)."""
@@ -93,8 +121,12 @@ class LeaseKeeper:
                 while not self._holds and not self._closed:
                     self._condition.wait()
                 # Renew on a steady tick; a hold added meanwhile was just written with
-                # a full lease and needs no renewal before it.
-                deadline = time.monotonic() + self._interval
+                # a full lease and needs no renewal before it. Faster while a leader is
+                # behind: followers wait for what it could not write.
+                tick = self._interval
+                if any(hold.publisher is not None and hold.publisher.behind for hold in self._holds):
+                    tick = min(tick, CATCH_UP_TICK)
+                deadline = time.monotonic() + tick
                 while not self._closed and (remaining := deadline - time.monotonic()) > 0:
                     self._condition.wait(remaining)
                 if self._closed:
@@ -109,9 +141,22 @@ class LeaseKeeper:
         except RedisTrouble as trouble:
             # The leases may now run out; their leaders learn it at their next append.
             self._on_trouble(trouble)
+            for hold in holds:
+                if hold.publisher is not None and hold.publisher.overdue():
+                    self.drop(hold)
             return
         for hold, still in zip(holds, held, strict=True):
             if not still:
+                if hold.publisher is not None:
+                    # Maybe Redis lost it (restarted, failed over, evicted): the
+                    # leader takes it again if nobody else did.
+                    hold.publisher.lease_lost()
+                    continue
                 hold.lost = True
                 self.drop(hold)
                 logger.debug("lease %s lost to another leader or expired", hold.lease.key)
+        ops = self._ops()
+        for hold in holds:
+            publisher = hold.publisher
+            if publisher is not None and publisher.behind and publisher.catch_up(ops):
+                self.drop(hold)
