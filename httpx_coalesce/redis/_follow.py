@@ -40,6 +40,7 @@ from ._records import (
     MOVED,
     TOO_LARGE,
     UpstreamFailure,
+    decode_chunk,
     decode_error,
     decode_head,
 )
@@ -145,6 +146,7 @@ class Stop(enum.Enum):
     TOO_LARGE = "the shared response passed the body size limit"
     ABORTED = "the leading process stopped the shared response before its end"
     VANISHED = "the leading process went away before the end of the shared response"
+    LOST = "Redis lost part of the shared response and its leader could not write it again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,38 +165,55 @@ ENDED = _Ended()
 Outcome = _Ended | UpstreamFailure | Stop | Moved
 
 
+#: Heartbeats a follower waits for a vanished lease to come back: a leader takes its
+#: lease again at its keeper's next tick once Redis answers (after a restart, a
+#: failover or an eviction lost it).
+_REACQUIRE_GRACE = 1.5
+
+#: The first pause before a follower reads again after Redis failed; it doubles up to
+#: half a heartbeat, so a refused connection does not spin.
+_FIRST_PAUSE = 0.02
+
+
 class Reading:
     """What a follower has read of a round so far."""
 
-    def __init__(self, lease: Lease, wait_limit: float | None) -> None:
+    def __init__(self, lease: Lease, wait_limit: float | None, context: Context) -> None:
         self.lease = lease
         self._token = lease.token.encode()
         self._wait_limit = wait_limit
+        self._context = context
         self.after = b"0-0"
         self.head: Head | None = None
         self.chunks: deque[bytes] = deque()
+        #: Body bytes read so far (handed out or waiting in ``chunks``).
         self._received = 0
         self.outcome: Outcome | None = None
         self._progress_at = time.monotonic()
+        self._missing_since: float | None = None
+        self._trouble_since: float | None = None
+        self._pause = _FIRST_PAUSE
 
     def feed(self, entries: list[Entry]) -> None:
         for entry_id, kind, data in entries:
+            self.after = entry_id
             if kind == MOVED:
                 # The stream of an aborted round, or of a vanished one (no final record).
                 if self.outcome not in (None, Stop.ABORTED) or not is_token(data):
                     raise Garbage("a misplaced successor record")
                 self.outcome = Moved(data.decode())
             elif self.outcome is not None:
-                raise Garbage("a record after the final one")
+                # The round written again after Redis lost part of it: read already.
+                continue
             elif kind == HEAD:
-                if self.head is not None:
-                    raise Garbage("a second head")
-                self.head = decode_head(data)
+                head = decode_head(data)
+                # A second head starts the round written again: the same response.
+                if self.head is None:
+                    self.head = head
             elif kind == CHUNK:
                 if self.head is None:
                     raise Garbage("a body chunk before the head")
-                self.chunks.append(data)
-                self._received += len(data)
+                self._take(*decode_chunk(data))
             elif kind == END:
                 if self.head is None or data != b"%d" % self._received:
                     raise Garbage("an end that does not match the body")
@@ -207,8 +226,18 @@ class Reading:
                 self.outcome = Stop.ABORTED
             else:
                 raise Garbage(f"a record of unknown type {kind!r:.20}")
-            self.after = entry_id
         self._progress_at = time.monotonic()
+
+    def _take(self, offset: int, data: bytes) -> None:
+        """Keep the bytes of a chunk this reader does not have yet."""
+        if offset > self._received:
+            # Redis lost chunks and the leader did not write them again.
+            self.outcome = Stop.LOST
+            return
+        fresh = data[self._received - offset :]
+        if fresh:
+            self.chunks.append(fresh)
+            self._received += len(fresh)
 
     def block(self, longest: float) -> float:
         """How long the next read may block: up to the wait limit, if nearer."""
@@ -222,10 +251,27 @@ class Reading:
 
     def took(self, read: Read) -> bool:
         """Take a blocking read's entries; True if the leader looks gone (confirm it)."""
+        self._trouble_since = None
+        self._pause = _FIRST_PAUSE
         if read.entries:
             self.feed(read.entries)
+        if read.lease == self._token:
+            self._missing_since = None
             return False
-        return read.lease != self._token
+        if read.entries:
+            return False
+        if read.lease is None:
+            # Gone, or lost by Redis: its leader takes it again if it lives.
+            now = time.monotonic()
+            if self._missing_since is None:
+                self._missing_since = now
+                # Read the round from its start again: if Redis lost the stream, the
+                # rewritten one may have entry ids below the last one read here.
+                self.after = b"0-0"
+                return False
+            if now - self._missing_since < _REACQUIRE_GRACE * self._context.settings.interval:
+                return False
+        return True
 
     def confirm(self, read: Read) -> None:
         """Take a second look after the lease was seen gone.
@@ -238,6 +284,31 @@ class Reading:
         else:
             self.outcome = Stop.VANISHED
 
+    def troubled(self, trouble: RedisTrouble, handed_out: bool) -> float:
+        """Redis failed: how long to pause before reading again.
+
+        Raises *trouble* once it has lasted longer than this follower rides it out: a
+        follower that has handed out nothing waits two leases, then sends its own
+        call; one that has, waits as long as a stream lives. Either way within its own
+        wait limit (see ``waited_too_long``).
+        """
+        now = time.monotonic()
+        settings = self._context.settings
+        if self._trouble_since is None:
+            self._trouble_since = now
+            # Counted and logged once per episode; the breaker keeps new flights away.
+            self._context.report(trouble)
+        patience = settings.stream_ttl if handed_out else 2 * settings.lease
+        if now - self._trouble_since >= patience:
+            raise trouble
+        pause, self._pause = self._pause, min(self._pause * 2, settings.interval / 2)
+        return pause
+
+    def report(self, trouble: RedisTrouble) -> None:
+        """Report trouble that ends the following, unless its episode was reported."""
+        if self._trouble_since is None:
+            self._context.report(trouble)
+
     def ready(self, method: str, context: Context) -> bool:
         """Whether to stop waiting: the round is over, or a live response can go out."""
         if self.outcome is not None:
@@ -245,16 +316,26 @@ class Reading:
         return self.head is not None and not is_buffered(self.head, method, context.limits)
 
 
-async def _advance_async(reading: Reading, ops: AsyncOps) -> None:
+async def _advance_async(reading: Reading, ops: AsyncOps, handed_out: bool) -> None:
     lease = reading.lease
-    if reading.took(await ops.read(lease.key, lease.stream, reading.after, reading.block(ops.block))):
-        reading.confirm(await ops.read(lease.key, lease.stream, reading.after, None))
+    try:
+        if reading.took(await ops.read(lease.key, lease.stream, reading.after, reading.block(ops.block))):
+            reading.confirm(await ops.read(lease.key, lease.stream, reading.after, None))
+    except Garbage:
+        raise
+    except RedisTrouble as trouble:
+        await anyio.sleep(reading.troubled(trouble, handed_out))
 
 
-def _advance_sync(reading: Reading, ops: SyncOps) -> None:
+def _advance_sync(reading: Reading, ops: SyncOps, handed_out: bool) -> None:
     lease = reading.lease
-    if reading.took(ops.read(lease.key, lease.stream, reading.after, reading.block(ops.block))):
-        reading.confirm(ops.read(lease.key, lease.stream, reading.after, None))
+    try:
+        if reading.took(ops.read(lease.key, lease.stream, reading.after, reading.block(ops.block))):
+            reading.confirm(ops.read(lease.key, lease.stream, reading.after, None))
+    except Garbage:
+        raise
+    except RedisTrouble as trouble:
+        time.sleep(reading.troubled(trouble, handed_out))
 
 
 class _Follower:
@@ -290,7 +371,7 @@ class _Follower:
         return error
 
     def lost_redis(self, trouble: RedisTrouble) -> BaseException:
-        self.context.report(trouble)
+        self.reading.report(trouble)
         error: BaseException = self.library.module.ReadError(
             f"lost the shared response: Redis failed ({trouble})", request=self.request
         )
@@ -362,7 +443,7 @@ class _AsyncFollowerStream:
                     return
                 try:
                     await follower.presence.keep_async(self._ops)
-                    await _advance_async(reading, self._ops)
+                    await _advance_async(reading, self._ops, True)
                 except RedisTrouble as trouble:
                     raise follower.lost_redis(trouble) from None
         finally:
@@ -390,7 +471,7 @@ class _SyncFollowerStream:
                     return
                 try:
                     follower.presence.keep_sync(self._ops)
-                    _advance_sync(reading, self._ops)
+                    _advance_sync(reading, self._ops, True)
                 except RedisTrouble as trouble:
                     raise follower.lost_redis(trouble) from None
         finally:
@@ -402,7 +483,7 @@ class _SyncFollowerStream:
 
 async def follow_async(context: Context, ops: AsyncOps, lease: Lease, request: Any, library: Library) -> Any:
     """The response of the round led by *lease*'s holder, or a :class:`Verdict`."""
-    reading = Reading(lease, context.settings.wait_limit(request.extensions))
+    reading = Reading(lease, context.settings.wait_limit(request.extensions), context)
     presence = Presence(context, lease)
     settled: Any = None
     try:
@@ -410,11 +491,11 @@ async def follow_async(context: Context, ops: AsyncOps, lease: Lease, request: A
             if reading.waited_too_long:
                 return Verdict.ALONE
             await presence.keep_async(ops)
-            await _advance_async(reading, ops)
+            await _advance_async(reading, ops, False)
         settled = _Follower(context, reading, request, library, presence).settle(True, ops)
         return settled
     except RedisTrouble as trouble:
-        context.report(trouble)
+        reading.report(trouble)
         return Verdict.ALONE
     finally:
         # A live response keeps following as its readers read; anything else is over.
@@ -423,7 +504,7 @@ async def follow_async(context: Context, ops: AsyncOps, lease: Lease, request: A
 
 
 def follow_sync(context: Context, ops: SyncOps, lease: Lease, request: Any, library: Library) -> Any:
-    reading = Reading(lease, context.settings.wait_limit(request.extensions))
+    reading = Reading(lease, context.settings.wait_limit(request.extensions), context)
     presence = Presence(context, lease)
     settled: Any = None
     try:
@@ -431,11 +512,11 @@ def follow_sync(context: Context, ops: SyncOps, lease: Lease, request: Any, libr
             if reading.waited_too_long:
                 return Verdict.ALONE
             presence.keep_sync(ops)
-            _advance_sync(reading, ops)
+            _advance_sync(reading, ops, False)
         settled = _Follower(context, reading, request, library, presence).settle(False, ops)
         return settled
     except RedisTrouble as trouble:
-        context.report(trouble)
+        reading.report(trouble)
         return Verdict.ALONE
     finally:
         if not isinstance(settled, library.Response) or reading.outcome is not None:

@@ -1,10 +1,10 @@
 """The fleet leader's side: send the request upstream, publish the response as it comes.
 
 The leader hands the local flight a response whose stream passes the upstream's bytes
-through and appends them to the round's Redis stream on the way. Publishing is best
-effort: if Redis fails or the lease is lost, the leader stops publishing and its own
-callers carry on as if there were no Redis. It never publishes after losing its lease,
-since every append checks the lease in the same script.
+through and appends them to the round's Redis stream on the way. Redis trouble never
+reaches the leader's own callers: what Redis could not take waits in the leader and
+goes out once Redis answers again (see ``Lead``). It never publishes after losing its
+lease to another leader, since every append checks the lease in the same script.
 
 On an event loop the call runs in a task of its own (``_FleetCall``), so it can outlive
 the local flight while another process still follows the round; a sync leader runs it
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -31,7 +32,7 @@ from ._errors import RedisTrouble
 from ._follow import watch_key
 from ._keeper import Hold
 from ._ops import AsyncOps, Lease, SyncOps
-from ._records import ABORT, CHUNK, END, MOVED, TOO_LARGE, Record, error_record, head_record
+from ._records import ABORT, END, MOVED, TOO_LARGE, Record, chunk_record, error_record, head_record
 from ._settings import Settings
 
 __all__ = ["Lead", "lead_async", "lead_sync"]
@@ -43,7 +44,11 @@ FLUSH_BYTES = 256 * 1024
 
 
 class Publication:
-    """The records the leader still has to write, and whether they are worth a round trip now.
+    """Every record of the round, and how many of them Redis has.
+
+    The leader keeps them all (the body is bounded by ``max_body_bytes``): what Redis
+    could not take is written later, and a round Redis lost is written again from its
+    head, each chunk with its offset so a reader skips what it has.
 
     A buffered response (bounded, known length) is handed out only whole, by the local
     flight and by followers alike, so its records wait and go together: one round trip
@@ -51,14 +56,15 @@ class Publication:
     record, as it arrives.
     """
 
-    __slots__ = ("_body_bytes", "_buffered", "_max_body", "_pending_bytes", "closed", "pending")
+    __slots__ = ("_body_bytes", "_buffered", "_max_body", "closed", "records", "written")
 
     def __init__(self, max_body: int) -> None:
         self._max_body = max_body
         self._buffered = False
         self._body_bytes = 0
-        self._pending_bytes = 0
-        self.pending: list[Record] = []
+        self.records: list[Record] = []
+        #: How many of ``records`` Redis has, as far as the leader knows.
+        self.written = 0
         #: The final record is queued: nothing more is added.
         self.closed = False
 
@@ -72,16 +78,17 @@ class Publication:
         """Queue a body chunk; True if the queue should go out now."""
         if self.closed:
             return False
+        offset = self._body_bytes
         self._body_bytes += len(data)
         if self._body_bytes > self._max_body:
             # Followers must not buffer more than the local flight would: they make
             # their own request, or (already streaming) stop with an error. The chunks
             # not yet sent are of no use to anyone now.
-            self.take()
+            del self.records[self.written :]
             self._finish((TOO_LARGE, b""))
             return True
-        self._add((CHUNK, data))
-        return not self._buffered or self._pending_bytes >= FLUSH_BYTES
+        self._add(chunk_record(offset, data))
+        return not self._buffered or self.due_bytes() >= FLUSH_BYTES
 
     def end(self) -> None:
         self._finish((END, b"%d" % self._body_bytes))
@@ -93,14 +100,25 @@ class Publication:
         """The leader stops before the end for a reason of its own (its callers left)."""
         self._finish((ABORT, b""))
 
-    def take(self) -> list[Record]:
-        pending, self.pending, self._pending_bytes = self.pending, [], 0
-        return pending
+    def due(self, max_bytes: int | None = None) -> tuple[list[Record], bool]:
+        """The records Redis does not have yet (about *max_bytes* of them at most), and
+        whether they end with the final record."""
+        end = len(self.records)
+        if max_bytes is not None:
+            size = 0
+            for index in range(self.written, end):
+                size += len(self.records[index][1])
+                if size > max_bytes and index > self.written:
+                    end = index
+                    break
+        return self.records[self.written : end], self.closed and end == len(self.records)
+
+    def due_bytes(self) -> int:
+        return sum(len(data) for _, data in self.records[self.written :])
 
     def _add(self, record: Record) -> None:
         if not self.closed:
-            self.pending.append(record)
-            self._pending_bytes += len(record[1])
+            self.records.append(record)
 
     def _finish(self, record: Record) -> None:
         self._add(record)
@@ -108,7 +126,16 @@ class Publication:
 
 
 class Lead:
-    """One round this process leads: its lease, what it publishes, and where it fails."""
+    """One round this process leads: its lease, what it publishes, and where it fails.
+
+    Records go out from the caller's path as they come. Once Redis fails (an error, a
+    timeout, or a lease it no longer has), the lead is *behind*: the caller's path stops
+    writing, and the lease keeper's thread writes what is waiting once Redis answers,
+    then hands back. A lease Redis lost (a restart, a failover, eviction) is taken again
+    with the leader's own token, but only if it is free: if another process leads the
+    key meanwhile, this round stops publishing (never two leaders of one key), and its
+    own callers carry on as if there were no Redis.
+    """
 
     def __init__(self, context: Context, hold: Hold, replaces: Lease | None = None) -> None:
         self._context = context
@@ -116,9 +143,14 @@ class Lead:
         #: The round this one takes over from, that stopped before its end.
         self._replaces = replaces
         self.publication = Publication(context.limits.max_body_bytes)
-        #: Nothing more goes to Redis: the final record went out, or the lease or
-        #: Redis was lost.
+        #: Nothing more goes to Redis: the final record went out, the lease went to
+        #: another leader, or Redis failed for longer than a stream lives.
         self.stopped = False
+        self._lock = threading.Lock()
+        self._behind_since: float | None = None
+        #: Redis said the lease is not ours: take it again before writing.
+        self._unsure = False
+        hold.publisher = self
 
     @property
     def limits(self) -> Limits:
@@ -128,34 +160,110 @@ class Lead:
     def settings(self) -> Settings:
         return self._context.settings
 
+    @property
+    def behind(self) -> bool:
+        return self._behind_since is not None and not self.stopped
+
     def report(self, trouble: RedisTrouble) -> None:
         self._context.report(trouble)
 
     def _batch(self) -> tuple[list[Record], bool] | None:
-        if self.stopped:
-            return None
-        if self.hold.lost:
-            self._stop()
-            return None
-        records = self.publication.take()
-        final = self.publication.closed
-        if not records and not final:
-            return None
-        return records, final
+        """What the caller's path writes now, if it writes at all."""
+        with self._lock:
+            if self.stopped or self._behind_since is not None:
+                return None
+            records, final = self.publication.due()
+            if not records:
+                return None
+            return records, final
 
-    def _done(self, held: bool, final: bool) -> None:
-        if not held:
-            logger.debug("lease %s lost: no longer publishing", self.hold.lease.key)
-        if final or not held:
-            self._stop()
+    def _done(self, count: int, held: bool, final: bool) -> None:
+        with self._lock:
+            if held:
+                self.publication.written += count
+                if final:
+                    self._stop()
+                return
+            self._unsure = True
+            self._fall_behind()
 
     def _failed(self, trouble: RedisTrouble) -> None:
-        self._stop()
-        self._context.report(trouble)
+        with self._lock:
+            first = self._behind_since is None
+            self._fall_behind()
+        if first:
+            self._context.report(trouble)
+
+    def _fall_behind(self) -> None:
+        if self._behind_since is None:
+            self._behind_since = time.monotonic()
+            logger.debug("Redis did not take a record of %s: writing it later", self.hold.lease.key)
 
     def _stop(self) -> None:
         self.stopped = True
         self.hold.release()
+
+    def settle(self) -> None:
+        """The caller's path is done: release the lease, or leave what is waiting to the keeper."""
+        with self._lock:
+            if self.stopped or self._behind_since is None:
+                self._stop()
+
+    # -- the keeper's side (its thread) --------------------------------------------------
+
+    def lease_lost(self) -> None:
+        with self._lock:
+            self._unsure = True
+            self._fall_behind()
+
+    def overdue(self) -> bool:
+        with self._lock:
+            since = self._behind_since
+            if since is None or time.monotonic() - since < self._context.settings.stream_ttl:
+                return False
+            # Past this, the stream would have expired anyway: followers wait for the
+            # leader's lease to run out, then go on without it.
+            logger.debug("Redis failed too long: %s no longer publishes", self.hold.lease.key)
+            self.stopped = True
+            return True
+
+    def catch_up(self, ops: SyncOps) -> bool:
+        settings = self._context.settings
+        lease = self.hold.lease
+        try:
+            if self._unsure:
+                holder = ops.acquire(lease, settings.lease_ms)
+                if holder is not None and holder != lease.token:
+                    logger.debug("lease %s went to another leader: no longer publishing", lease.key)
+                    with self._lock:
+                        self.stopped = True
+                    return True
+                if holder is None:
+                    # Taken again: Redis lost the lease, and with it, maybe, the stream.
+                    with self._lock:
+                        self.publication.written = 0
+                self._unsure = False
+            while True:
+                with self._lock:
+                    records, final = self.publication.due(FLUSH_BYTES)
+                    if not records:
+                        # Up to date: the caller's path writes what comes next.
+                        self._behind_since = None
+                        return self.stopped
+                if not ops.append(lease, records, settings.lease_ms, settings.stream_ttl_ms, final):
+                    self._unsure = True
+                    return False
+                with self._lock:
+                    self.publication.written += len(records)
+                    if final:
+                        self.stopped = True
+                        self._behind_since = None
+                        return True
+        except RedisTrouble as trouble:
+            logger.debug("still cannot write to Redis: %s", trouble)
+            return self.overdue()
+
+    # -- the caller's side ------------------------------------------------------------
 
     def _moved(self) -> tuple[Lease, list[Record]] | None:
         replaced = self._replaces
@@ -189,7 +297,7 @@ class Lead:
             self._context.report(trouble)
 
     async def flush_async(self, ops: AsyncOps) -> None:
-        """Write what is queued. Never raises but for cancellation."""
+        """Write what is queued, unless the keeper does. Never raises but for cancellation."""
         batch = self._batch()
         if batch is None:
             return
@@ -202,7 +310,7 @@ class Lead:
         except RedisTrouble as trouble:
             self._failed(trouble)
             return
-        self._done(held, final)
+        self._done(len(records), held, final)
 
     def flush_sync(self, ops: SyncOps) -> None:
         batch = self._batch()
@@ -215,7 +323,7 @@ class Lead:
         except RedisTrouble as trouble:
             self._failed(trouble)
             return
-        self._done(held, final)
+        self._done(len(records), held, final)
 
 
 def _wrap(response: Any, stream: Any, request: Any, library: Library) -> Any:
@@ -292,7 +400,7 @@ class _FleetCall:
                     # mid-body, stop with an error).
                     lead.publication.abort()
                 await lead.flush_async(self._ops)
-            lead.hold.release()
+            lead.settle()
             if not self.headed.is_set():
                 self.error = self.stopped_error()
                 self.headed.set()
@@ -370,7 +478,11 @@ class _FleetCall:
                 # and cancelling that write would leave followers a round with no end.
                 scope.cancel()
                 return
-            if await self._followed():
+            followed = await self._followed()
+            if followed is None:
+                # Redis cannot tell: a blip must not stop a call that followers wait for.
+                pass
+            elif followed:
                 unfollowed_since = None
             else:
                 now = time.monotonic()
@@ -381,12 +493,13 @@ class _FleetCall:
                     return
             await anyio.sleep(interval / 2)
 
-    async def _followed(self) -> bool:
+    async def _followed(self) -> bool | None:
+        """Whether some process follows the round; None if Redis cannot say."""
         try:
             read = await self._ops.read(self._watch, self._lead.hold.lease.stream, b"$", None)
         except RedisTrouble as trouble:
             self._lead.report(trouble)
-            return False
+            return None
         return read.lease is not None
 
 
@@ -442,7 +555,7 @@ class _SyncLeaderStream:
         finally:
             self._lead.publication.abort()
             self._lead.flush_sync(self._ops)
-            self._lead.hold.release()
+            self._lead.settle()
 
 
 async def lead_async(lead: Lead, ops: AsyncOps, request: Any, library: Library, send: Any) -> Any:
@@ -487,5 +600,5 @@ def lead_sync(lead: Lead, ops: SyncOps, request: Any, library: Library, send: An
     except BaseException:
         publication.abort()
         lead.flush_sync(ops)
-        lead.hold.release()
+        lead.settle()
         raise

@@ -4,7 +4,12 @@ Each stream entry is one record: a type and its data. A round is a head, body ch
 then exactly one final record (end, error, too large or abort). A round that stopped
 early (its leader aborted, or died and left no final record) may get one more record
 from the leader that replaced it: ``moved``, naming the new round, so that its
-followers go there instead of electing again. Only the response
+followers go there instead of electing again.
+
+A leader that lost what it wrote (Redis restarted without persistence, failed over
+before replicating, or evicted the stream) writes its round again from the start: a
+head once more, then the chunks it still holds. So each chunk carries its byte offset,
+and a reader keeps only the bytes it does not have yet. Only the response
 travels: status, headers and body, and an upstream error's class name and message
 (with any URL query taken out, since a query may carry an API key).
 """
@@ -12,6 +17,7 @@ travels: status, headers and body, and an upstream error's class name and messag
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
 
 import orjson
@@ -29,6 +35,8 @@ __all__ = [
     "TOO_LARGE",
     "Record",
     "UpstreamFailure",
+    "chunk_record",
+    "decode_chunk",
     "decode_error",
     "decode_head",
     "error_record",
@@ -49,6 +57,8 @@ MOVED = b"m"
 Record = tuple[bytes, bytes]
 
 _MAX_MESSAGE = 1000
+#: A chunk's byte offset in the body, ahead of its bytes.
+_OFFSET = struct.Struct(">Q")
 _URL_QUERY = re.compile(r"(\w+://[^\s?#'\"]*)\?[^\s#'\"]*")
 
 
@@ -89,6 +99,18 @@ def decode_head(data: bytes) -> Head:
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
         raise Garbage(f"unreadable head record: {error}") from None
+
+
+def chunk_record(offset: int, data: bytes) -> Record:
+    return CHUNK, _OFFSET.pack(offset) + data
+
+
+def decode_chunk(data: bytes) -> tuple[int, bytes]:
+    """A chunk record's byte offset and bytes."""
+    if len(data) <= _OFFSET.size:
+        raise Garbage("a chunk record without bytes")
+    (offset,) = _OFFSET.unpack_from(data)
+    return offset, data[_OFFSET.size :]
 
 
 def error_record(error: BaseException) -> Record:
