@@ -582,7 +582,45 @@ async def test_streaming_follower_gets_a_read_error_when_the_body_grows_too_larg
 
 
 @asyncio_only
-async def test_leader_that_lost_its_lease_stops_publishing(
+async def test_leader_whose_lease_vanished_takes_it_back_and_keeps_its_follower(
+    upstream: Upstream,
+    base_url: str,
+    redis_url: str,
+    prefix: str,
+    redis_client: redis.Redis,
+    make_transport: MakeTransport,
+) -> None:
+    options = {"lease": 1.0}
+    leader = make_transport(backend=backend(redis_url, prefix, "leader", **options))
+    follower = make_transport(backend=backend(redis_url, prefix, "follower", **options))
+    upstream.hold()
+    hits: dict[str, int] = {}
+    async with (
+        httpx.AsyncClient(transport=leader, base_url=base_url) as first,
+        httpx.AsyncClient(transport=follower, base_url=base_url) as second,
+    ):
+
+        async def call(name: str, client: httpx.AsyncClient) -> None:
+            hits[name] = orjson.loads((await client.post("/echo", json={"q": 1})).content)["hit"]
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(call, "leader", first)
+            await until(lambda: upstream.hits["/echo"] == 1)
+            group.start_soon(call, "follower", second)
+            await until(following(redis_client, prefix, "follower"))
+            [lease] = redis_client.keys(f"{prefix}lease:*")
+            token = redis_client.get(lease)
+            # As if Redis had lost it (evicted, or restarted): nobody else leads the
+            # key, so the leader takes it back with its own token.
+            redis_client.delete(lease)
+            await until(lambda: redis_client.get(lease) == token)
+            upstream.gate.set()
+
+    assert hits == {"leader": 1, "follower": 1}
+
+
+@asyncio_only
+async def test_leader_that_lost_its_lease_to_another_stops_publishing(
     upstream: Upstream,
     base_url: str,
     redis_url: str,
@@ -611,19 +649,24 @@ async def test_leader_that_lost_its_lease_stops_publishing(
             [lease] = redis_client.keys(f"{prefix}lease:*")
             old_token = redis_client.get(lease)
             assert isinstance(old_token, bytes)
-            suffix = old_token.decode()
-            # As if the leader had stalled past its lease: the follower takes over.
-            redis_client.delete(lease)
+            # As if the leader had stalled past its lease and another process had
+            # taken it (a leader that then vanished too): the old leader, which sees
+            # it at its next renewal, must not take it back; the follower ends up
+            # leading once it lapses.
+            other = "0123456789abcdef"
+            redis_client.set(lease, other, px=1500)
             await until(lambda: upstream.hits["/echo"] == 2)
             upstream.gate.set()
 
     # Both held at the gate until the end, so both saw the total of two calls.
     assert hits == {"leader": 2, "follower": 2}
     streams = records(redis_client, prefix)
-    # The old leader's round holds only its successor's pointer: nothing it published
-    # after the lease was gone reached Redis.
-    old = streams.pop(next(name for name in streams if name.endswith(suffix)))
-    assert [kind for kind, _ in old] == [b"m"]
+    # Nothing the old leader published after losing its lease reached Redis (it wrote
+    # nothing before: a buffered answer goes out whole); the successor pointed the
+    # followers of the vanished round to its own.
+    assert not [name for name in streams if name.endswith(old_token.decode())]
+    moved = streams.pop(next(name for name in streams if name.endswith(other)))
+    assert [kind for kind, _ in moved] == [b"m"]
     [new] = streams.values()
     assert [kind for kind, _ in new] == [b"h", b"c", b"e"]
 

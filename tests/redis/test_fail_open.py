@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import anyio
 import httpx
@@ -185,13 +186,16 @@ async def test_a_stream_no_leader_of_ours_wrote_fails_open(
 
 
 @asyncio_only
-async def test_streaming_follower_gets_a_read_error_when_redis_dies_mid_body(
+async def test_streaming_follower_gets_a_read_error_once_redis_stays_down_longer_than_a_stream_lives(
     upstream: Upstream, base_url: str, redis_server: StartRedis, make_transport: MakeTransport
 ) -> None:
     server = redis_server()
     redis_client = redis.Redis.from_url(server.url)
-    leader = make_transport(backend=RedisBackend.from_url(server.url, client_name="leader"))
-    follower = make_transport(backend=RedisBackend.from_url(server.url, client_name="follower"))
+    # A follower that handed out bytes rides Redis trouble out for as long as the
+    # round's stream would live (``stream_ttl``): a second here.
+    options: dict[str, Any] = {"stream_ttl": 1.0}
+    leader = make_transport(backend=RedisBackend.from_url(server.url, client_name="leader", **options))
+    follower = make_transport(backend=RedisBackend.from_url(server.url, client_name="follower", **options))
     upstream.hold()
     outcomes: dict[str, tuple[bytes, str | None]] = {}
     async with (
@@ -217,7 +221,7 @@ async def test_streaming_follower_gets_a_read_error_when_redis_dies_mid_body(
             await until(lambda: blocked_readers(redis_client, "follower") == 1)
             redis_client.close()
             server.kill()
-            await until(lambda: "follower" in outcomes)
+            await until(lambda: "follower" in outcomes, timeout=20)
             upstream.gate.set()
 
     assert outcomes["follower"] == (b'data: {"n":0}\n\n', "ReadError")

@@ -1,0 +1,177 @@
+"""A Redis blip fails nobody: faults injected while one process leads and another follows.
+
+Each test starts its own redis-server behind a ``FaultProxy`` (tests/redis/faults.py).
+A leader transport sends the request upstream, which holds the response at a gate; a
+follower transport in the same test (its own backend and connections, as another
+process would have) follows the round through Redis. Mid-flight the test injects the
+fault, heals it, then opens the gate. Pass condition for every fault, streamed (the
+follower has already handed out bytes) and buffered: every caller gets the whole
+response, none gets an error, and the upstream is called once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import anyio
+import httpx
+import pytest
+import redis
+
+from httpx_coalesce import CoalescingTransport
+from httpx_coalesce.redis import RedisBackend
+
+from ..conftest import until
+from ..upstream import Upstream
+from .conftest import RedisServer, StartRedis, blocked_readers
+from .faults import FaultProxy, restart
+
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
+
+MakeTransport = Callable[..., CoalescingTransport]
+
+#: A short lease keeps the tests short: a heartbeat of a third of a second.
+LEASE = 1.0
+
+
+@dataclass
+class Rig:
+    server: RedisServer
+    proxy: FaultProxy
+    start: StartRedis
+
+    def client(self) -> redis.Redis:
+        """A client of the test's own, straight to Redis (not through the proxy)."""
+        return redis.Redis.from_url(self.server.url, socket_timeout=5)
+
+    def leases(self) -> list[bytes]:
+        client = self.client()
+        try:
+            return [client.get(key) or b"" for key in client.scan_iter(match="*lease:*")]
+        finally:
+            client.close()
+
+
+@pytest.fixture
+def rig(redis_server: StartRedis) -> Iterator[Rig]:
+    server = redis_server()
+    proxy = FaultProxy(server.port)
+    yield Rig(server, proxy, redis_server)
+    proxy.close()
+
+
+def backend(rig: Rig, name: str) -> RedisBackend:
+    return RedisBackend.from_url(rig.proxy.url, client_name=name, lease=LEASE)
+
+
+async def restart_redis(rig: Rig) -> None:
+    """SIGKILL and restart, empty: every lease and stream is lost."""
+    rig.proxy.reset()
+    rig.server = restart(rig.server, rig.start)
+
+
+async def pause_redis(rig: Rig) -> None:
+    """``CLIENT PAUSE`` for longer than the command timeouts and a heartbeat."""
+    client = rig.client()
+    try:
+        client.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+    finally:
+        client.close()
+    await anyio.sleep(1.6)
+
+
+async def reset_connections(rig: Rig) -> None:
+    rig.proxy.reset()
+
+
+async def blackhole(rig: Rig) -> None:
+    """A cut network for longer than the lease: the lease expires meanwhile."""
+    rig.proxy.blackhole()
+    await anyio.sleep(1.5 * LEASE)
+    rig.proxy.heal()
+
+
+FAULTS = {
+    "restart": restart_redis,
+    "client-pause": pause_redis,
+    "connection-reset": reset_connections,
+    "blackhole": blackhole,
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+async def test_streaming_follower_that_handed_out_bytes_resumes_after_a_redis_fault(
+    fault: str, upstream: Upstream, base_url: str, rig: Rig, make_transport: MakeTransport
+) -> None:
+    leader = make_transport(backend=backend(rig, "leader"))
+    follower = make_transport(backend=backend(rig, "follower"))
+    upstream.hold()
+    outcomes: dict[str, tuple[bytes, str | None]] = {}
+    async with (
+        httpx.AsyncClient(transport=leader, base_url=base_url) as first,
+        httpx.AsyncClient(transport=follower, base_url=base_url) as second,
+    ):
+
+        async def call(name: str, client: httpx.AsyncClient) -> None:
+            received = b""
+            try:
+                async with client.stream("GET", "/sse?events=3&hold=1") as response:
+                    async for chunk in response.aiter_raw():
+                        received += chunk
+                outcomes[name] = (received, None)
+            except httpx.HTTPError as error:
+                outcomes[name] = (received, type(error).__name__)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(call, "leader", first)
+            await until(upstream.holding.is_set)
+            group.start_soon(call, "follower", second)
+            # The follower handed out the head and the first event, and waits for more.
+            watcher = rig.client()
+            await until(lambda: blocked_readers(watcher, "follower") == 1)
+            watcher.close()
+            [token] = rig.leases()
+            await FAULTS[fault](rig)
+            # The leader holds its lease again (taken back if Redis lost it), with its
+            # own token: nobody else leads the key.
+            await until(lambda: rig.leases() == [token], timeout=10)
+            upstream.gate.set()
+
+    leader_body, leader_error = outcomes["leader"]
+    assert leader_error is None
+    assert leader_body.endswith(b"data: [DONE]\n\n")
+    assert outcomes["follower"] == (leader_body, None)
+    assert upstream.hits["/sse"] == 1
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+async def test_buffered_follower_gets_the_leaders_answer_after_a_redis_fault(
+    fault: str, upstream: Upstream, base_url: str, rig: Rig, make_transport: MakeTransport
+) -> None:
+    leader = make_transport(backend=backend(rig, "leader"))
+    follower = make_transport(backend=backend(rig, "follower"))
+    upstream.hold()
+    bodies: dict[str, bytes] = {}
+    async with (
+        httpx.AsyncClient(transport=leader, base_url=base_url) as first,
+        httpx.AsyncClient(transport=follower, base_url=base_url) as second,
+    ):
+
+        async def call(name: str, client: httpx.AsyncClient) -> None:
+            response = await client.post("/echo", json={"q": "blip"})
+            assert response.status_code == 200
+            bodies[name] = response.content
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(call, "leader", first)
+            await until(lambda: upstream.hits["/echo"] == 1)
+            group.start_soon(call, "follower", second)
+            watcher = rig.client()
+            await until(lambda: blocked_readers(watcher, "follower") == 1)
+            watcher.close()
+            await FAULTS[fault](rig)
+            upstream.gate.set()
+
+    assert bodies["follower"] == bodies["leader"]
+    assert upstream.hits["/echo"] == 1
