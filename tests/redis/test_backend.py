@@ -648,7 +648,6 @@ async def test_leader_that_lost_its_lease_to_another_stops_publishing(
             await until(following(redis_client, prefix, "follower"))
             [lease] = redis_client.keys(f"{prefix}lease:*")
             old_token = redis_client.get(lease)
-            assert isinstance(old_token, bytes)
             # As if the leader had stalled past its lease and another process had
             # taken it (a leader that then vanished too): the old leader, which sees
             # it at its next renewal, must not take it back; the follower ends up
@@ -664,6 +663,7 @@ async def test_leader_that_lost_its_lease_to_another_stops_publishing(
     # Nothing the old leader published after losing its lease reached Redis (it wrote
     # nothing before: a buffered answer goes out whole); the successor pointed the
     # followers of the vanished round to its own.
+    assert isinstance(old_token, bytes)
     assert not [name for name in streams if name.endswith(old_token.decode())]
     moved = streams.pop(next(name for name in streams if name.endswith(other)))
     assert [kind for kind, _ in moved] == [b"m"]

@@ -48,7 +48,8 @@ class Rig:
     def leases(self) -> list[bytes]:
         client = self.client()
         try:
-            return [client.get(key) or b"" for key in client.scan_iter(match="*lease:*")]
+            values = [client.get(key) for key in client.scan_iter(match="*lease:*")]
+            return [value for value in values if isinstance(value, bytes)]
         finally:
             client.close()
 
@@ -75,7 +76,7 @@ async def pause_redis(rig: Rig) -> None:
     """``CLIENT PAUSE`` for longer than the command timeouts and a heartbeat."""
     client = rig.client()
     try:
-        client.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+        client.client_pause(1500, all=True)
     finally:
         client.close()
     await anyio.sleep(1.6)
