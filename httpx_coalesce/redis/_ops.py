@@ -57,7 +57,13 @@ class AsyncOps(Protocol):
     async def acquire(self, lease: Lease, lease_ms: int) -> str | None: ...
 
     async def append(
-        self, lease: Lease, records: Sequence[Record], lease_ms: int, ttl_ms: int, final: bool
+        self,
+        lease: Lease,
+        records: Sequence[Record],
+        lease_ms: int,
+        ttl_ms: int,
+        final: bool,
+        expect_stream: bool = False,
     ) -> bool: ...
 
     async def read(self, lease_key: str, stream: str, after: bytes, block: float | None) -> Read: ...
@@ -76,9 +82,20 @@ def _trouble() -> Iterator[None]:
 
 
 def _append_args(
-    token: str, records: Sequence[Record], lease_ms: int, ttl_ms: int, final: bool
+    token: str,
+    records: Sequence[Record],
+    lease_ms: int,
+    ttl_ms: int,
+    final: bool,
+    expect_stream: bool = False,
 ) -> list[bytes | str | int]:
-    args: list[bytes | str | int] = [token, lease_ms, ttl_ms, b"1" if final else b"0"]
+    args: list[bytes | str | int] = [
+        token,
+        lease_ms,
+        ttl_ms,
+        b"1" if final else b"0",
+        b"1" if expect_stream else b"0",
+    ]
     for kind, data in records:
         args.append(kind)
         args.append(data)
@@ -152,12 +169,18 @@ class SyncOps:
         return _acquired(reply, lease.token)
 
     def append(
-        self, lease: Lease, records: Sequence[Record], lease_ms: int, ttl_ms: int, final: bool
+        self,
+        lease: Lease,
+        records: Sequence[Record],
+        lease_ms: int,
+        ttl_ms: int,
+        final: bool,
+        expect_stream: bool = False,
     ) -> bool:
         with _trouble():
             reply = self._append(
                 keys=[lease.key, lease.stream],
-                args=_append_args(lease.token, records, lease_ms, ttl_ms, final),
+                args=_append_args(lease.token, records, lease_ms, ttl_ms, final, expect_stream),
             )
         return _appended(reply)
 
@@ -199,12 +222,18 @@ class AsyncioOps:
         return _acquired(reply, lease.token)
 
     async def append(
-        self, lease: Lease, records: Sequence[Record], lease_ms: int, ttl_ms: int, final: bool
+        self,
+        lease: Lease,
+        records: Sequence[Record],
+        lease_ms: int,
+        ttl_ms: int,
+        final: bool,
+        expect_stream: bool = False,
     ) -> bool:
         with _trouble():
             reply = await self._append(
                 keys=[lease.key, lease.stream],
-                args=_append_args(lease.token, records, lease_ms, ttl_ms, final),
+                args=_append_args(lease.token, records, lease_ms, ttl_ms, final, expect_stream),
             )
         return _appended(reply)
 
@@ -243,10 +272,16 @@ class ThreadOps:
         )
 
     async def append(
-        self, lease: Lease, records: Sequence[Record], lease_ms: int, ttl_ms: int, final: bool
+        self,
+        lease: Lease,
+        records: Sequence[Record],
+        lease_ms: int,
+        ttl_ms: int,
+        final: bool,
+        expect_stream: bool = False,
     ) -> bool:
         return await anyio.to_thread.run_sync(
-            partial(self._ops.append, lease, records, lease_ms, ttl_ms, final),
+            partial(self._ops.append, lease, records, lease_ms, ttl_ms, final, expect_stream),
             abandon_on_cancel=True,
             limiter=self._limiter,
         )

@@ -15,17 +15,22 @@ end
 return {0, redis.call('GET', KEYS[1])}
 """
 
-#: KEYS: lease, stream. ARGV: token, lease_ms, stream_ttl_ms, final ('1' or '0'), then
-#: type and data of each record to append.
+#: KEYS: lease, stream. ARGV: token, lease_ms, stream_ttl_ms, final ('1' or '0'),
+#: expect_stream ('1' or '0'), then type and data of each record to append.
 #: Appends only while the lease is still this token's, and returns 1; else 0, and
-#: nothing is written. Not final: the lease is extended (appending is a heartbeat
+#: nothing is written. With expect_stream (the leader wrote to it before), 0 too if
+#: the stream is gone (evicted, or lost by a restart that kept the lease): the leader
+#: then writes its round again from the start. Not final: the lease is extended (appending is a heartbeat
 #: too; with no records it is the heartbeat). Final: the lease is released in the
 #: same step as the last record, so whoever sees the lease gone also sees that record.
 APPEND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
-for i = 5, #ARGV, 2 do
+if ARGV[5] == '1' and redis.call('EXISTS', KEYS[2]) == 0 then
+  return 0
+end
+for i = 6, #ARGV, 2 do
   redis.call('XADD', KEYS[2], '*', 't', ARGV[i], 'd', ARGV[i + 1])
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
