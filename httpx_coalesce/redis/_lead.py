@@ -167,15 +167,16 @@ class Lead:
     def report(self, trouble: RedisTrouble) -> None:
         self._context.report(trouble)
 
-    def _batch(self) -> tuple[list[Record], bool] | None:
-        """What the caller's path writes now, if it writes at all."""
+    def _batch(self) -> tuple[list[Record], bool, bool] | None:
+        """What the caller's path writes now, if it writes at all: the records, whether
+        the last is final, and whether Redis must still have the stream."""
         with self._lock:
             if self.stopped or self._behind_since is not None:
                 return None
             records, final = self.publication.due()
             if not records:
                 return None
-            return records, final
+            return records, final, self.publication.written > 0
 
     def _done(self, count: int, held: bool, final: bool) -> None:
         with self._lock:
@@ -238,19 +239,22 @@ class Lead:
                     with self._lock:
                         self.stopped = True
                     return True
-                if holder is None:
-                    # Taken again: Redis lost the lease, and with it, maybe, the stream.
-                    with self._lock:
-                        self.publication.written = 0
+                # Ours again (taken back, or it never left and the stream did): Redis
+                # may have lost the stream with it, so the round is written again.
+                with self._lock:
+                    self.publication.written = 0
                 self._unsure = False
             while True:
                 with self._lock:
                     records, final = self.publication.due(FLUSH_BYTES)
+                    expect_stream = self.publication.written > 0
                     if not records:
                         # Up to date: the caller's path writes what comes next.
                         self._behind_since = None
                         return self.stopped
-                if not ops.append(lease, records, settings.lease_ms, settings.stream_ttl_ms, final):
+                if not ops.append(
+                    lease, records, settings.lease_ms, settings.stream_ttl_ms, final, expect_stream
+                ):
                     self._unsure = True
                     return False
                 with self._lock:
@@ -301,11 +305,11 @@ class Lead:
         batch = self._batch()
         if batch is None:
             return
-        records, final = batch
+        records, final, expect_stream = batch
         settings = self._context.settings
         try:
             held = await ops.append(
-                self.hold.lease, records, settings.lease_ms, settings.stream_ttl_ms, final
+                self.hold.lease, records, settings.lease_ms, settings.stream_ttl_ms, final, expect_stream
             )
         except RedisTrouble as trouble:
             self._failed(trouble)
@@ -316,10 +320,12 @@ class Lead:
         batch = self._batch()
         if batch is None:
             return
-        records, final = batch
+        records, final, expect_stream = batch
         settings = self._context.settings
         try:
-            held = ops.append(self.hold.lease, records, settings.lease_ms, settings.stream_ttl_ms, final)
+            held = ops.append(
+                self.hold.lease, records, settings.lease_ms, settings.stream_ttl_ms, final, expect_stream
+            )
         except RedisTrouble as trouble:
             self._failed(trouble)
             return

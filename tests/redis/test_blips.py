@@ -93,11 +93,34 @@ async def blackhole(rig: Rig) -> None:
     rig.proxy.heal()
 
 
+async def evict(rig: Rig) -> None:
+    """``maxmemory`` reached: Redis evicts keys with a TTL (all of ours) until the round's
+    lease and stream are gone, then gets its memory back."""
+    client = rig.client()
+    try:
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory-policy", "volatile-random")
+        client.config_set("maxmemory", used + 256 * 1024)
+        filler = b"x" * 1024
+        index = 0
+        while any(client.scan_iter(match="*lease:*")) or any(client.scan_iter(match="*stream:*")):
+            pipe = client.pipeline(transaction=False)
+            for _ in range(64):
+                pipe.set(f"filler:{index}", filler, ex=60)
+                index += 1
+            pipe.execute()
+        client.config_set("maxmemory", 0)
+        client.delete(*[f"filler:{n}" for n in range(index)])
+    finally:
+        client.close()
+
+
 FAULTS = {
     "restart": restart_redis,
     "client-pause": pause_redis,
     "connection-reset": reset_connections,
     "blackhole": blackhole,
+    "eviction": evict,
 }
 
 
