@@ -37,6 +37,11 @@ class FlightKeys:
         """Holds the current leader's token while a round is in flight."""
         return f"{self.prefix}lease:{{{self.key}}}"
 
+    @property
+    def window(self) -> str:
+        """The finished response kept for late callers (the fleet window), while it lasts."""
+        return f"{self.prefix}window:{{{self.key}}}"
+
     def stream(self, token: str) -> str:
         """The records of the round led by *token*: a follower never reads another round's."""
         return f"{self.prefix}stream:{{{self.key}}}:{token}"

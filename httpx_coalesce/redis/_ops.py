@@ -68,6 +68,10 @@ class AsyncOps(Protocol):
 
     async def read(self, lease_key: str, stream: str, after: bytes, block: float | None) -> Read: ...
 
+    async def window_get(self, key: str) -> bytes | None: ...
+
+    async def window_put(self, key: str, value: bytes, ttl_ms: int) -> None: ...
+
 
 @contextlib.contextmanager
 def _trouble() -> Iterator[None]:
@@ -150,6 +154,12 @@ def _lease_value(reply: Any) -> bytes | None:
     raise Garbage(f"unexpected lease value: {reply!r:.100}")
 
 
+def _window_value(reply: Any) -> bytes | None:
+    if reply is None or isinstance(reply, bytes):
+        return reply
+    raise Garbage(f"unexpected window entry: {reply!r:.100}")
+
+
 def _block_ms(block: float | None) -> int | None:
     # XREAD BLOCK 0 means "forever": a read that must not wait sends no BLOCK at all.
     return None if block is None else max(1, round(block * 1000))
@@ -207,6 +217,14 @@ class SyncOps:
             entries, lease = pipe.execute()
         return Read(_entries(entries), _lease_value(lease))
 
+    def window_get(self, key: str) -> bytes | None:
+        with _trouble():
+            return _window_value(self._commands.get(key))
+
+    def window_put(self, key: str, value: bytes, ttl_ms: int) -> None:
+        with _trouble():
+            self._commands.set(key, value, px=ttl_ms)
+
 
 class AsyncioOps:
     def __init__(self, commands: redis.asyncio.Redis, reads: redis.asyncio.Redis, block: float) -> None:
@@ -244,6 +262,14 @@ class AsyncioOps:
             pipe.get(lease_key)
             entries, lease = await pipe.execute()
         return Read(_entries(entries), _lease_value(lease))
+
+    async def window_get(self, key: str) -> bytes | None:
+        with _trouble():
+            return _window_value(await self._commands.get(key))
+
+    async def window_put(self, key: str, value: bytes, ttl_ms: int) -> None:
+        with _trouble():
+            await self._commands.set(key, value, px=ttl_ms)
 
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):
@@ -291,4 +317,14 @@ class ThreadOps:
             partial(self._ops.read, lease_key, stream, after, block),
             abandon_on_cancel=True,
             limiter=self._limiter,
+        )
+
+    async def window_get(self, key: str) -> bytes | None:
+        return await anyio.to_thread.run_sync(
+            partial(self._ops.window_get, key), abandon_on_cancel=True, limiter=self._limiter
+        )
+
+    async def window_put(self, key: str, value: bytes, ttl_ms: int) -> None:
+        await anyio.to_thread.run_sync(
+            partial(self._ops.window_put, key, value, ttl_ms), abandon_on_cancel=True, limiter=self._limiter
         )

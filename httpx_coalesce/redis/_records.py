@@ -39,8 +39,10 @@ __all__ = [
     "decode_chunk",
     "decode_error",
     "decode_head",
+    "decode_window",
     "error_record",
     "head_record",
+    "window_value",
 ]
 
 HEAD = b"h"
@@ -59,6 +61,8 @@ Record = tuple[bytes, bytes]
 _MAX_MESSAGE = 1000
 #: A chunk's byte offset in the body, ahead of its bytes.
 _OFFSET = struct.Struct(">Q")
+#: The length of a window entry's head, ahead of the head and the body.
+_HEAD_LENGTH = struct.Struct(">I")
 _URL_QUERY = re.compile(r"(\w+://[^\s?#'\"]*)\?[^\s#'\"]*")
 
 
@@ -111,6 +115,22 @@ def decode_chunk(data: bytes) -> tuple[int, bytes]:
         raise Garbage("a chunk record without bytes")
     (offset,) = _OFFSET.unpack_from(data)
     return offset, data[_OFFSET.size :]
+
+
+def window_value(head: Head, body: bytes) -> bytes:
+    """A finished response as the fleet window keeps it: its head record, then its body."""
+    _, document = head_record(head)
+    return _HEAD_LENGTH.pack(len(document)) + document + body
+
+
+def decode_window(value: bytes) -> tuple[Head, bytes]:
+    if len(value) < _HEAD_LENGTH.size:
+        raise Garbage("an unreadable window entry")
+    (length,) = _HEAD_LENGTH.unpack_from(value)
+    end = _HEAD_LENGTH.size + length
+    if end > len(value):
+        raise Garbage("an unreadable window entry")
+    return decode_head(value[_HEAD_LENGTH.size : end]), value[end:]
 
 
 def error_record(error: BaseException) -> Record:
