@@ -8,6 +8,7 @@ response that another process is fetching. Either way the local flight fans it o
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -15,7 +16,7 @@ from ._library import Library
 from ._limits import Limits
 from ._stats import Counters
 
-__all__ = ["AsyncSend", "Backend", "SyncSend"]
+__all__ = ["AsyncSend", "Backend", "SyncSend", "bind_backend"]
 
 #: Sends a request upstream and returns the client library's Response (stream unread).
 AsyncSend = Callable[[Any], Awaitable[Any]]
@@ -25,7 +26,12 @@ SyncSend = Callable[[Any], Any]
 @runtime_checkable
 class Backend(Protocol):
     def bind(self, counters: Counters, limits: Limits) -> None:
-        """Called once by the transport: where to count, and the limits to keep."""
+        """Called once by the transport: where to count, and the limits to keep.
+
+        A backend that can keep finished responses for the whole fleet takes a
+        ``window`` keyword too (seconds, the transport's ``window``); the transport
+        passes it only to a ``bind`` that has it, and only when the window is on.
+        """
 
     async def send_async(self, key: str, request: Any, library: Library, send: AsyncSend) -> Any:
         """The response for *request* (key *key*), sent with *send* or fetched elsewhere.
@@ -39,3 +45,11 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def bind_backend(backend: Backend, counters: Counters, limits: Limits, window: float) -> None:
+    """Bind *backend* to a transport, with the window if it keeps one fleet-wide."""
+    if window > 0 and "window" in inspect.signature(backend.bind).parameters:
+        backend.bind(counters, limits, window=window)  # type: ignore[call-arg]
+    else:
+        backend.bind(counters, limits)

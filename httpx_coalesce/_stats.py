@@ -46,6 +46,9 @@ class CoalesceStats:
     redis_led: int = 0
     redis_followed: int = 0
     redis_errors: int = 0
+    #: With a Redis backend and a ``window``: flights answered from Redis by a response
+    #: another process finished within the window.
+    redis_window_hits: int = 0
 
     @property
     def bypassed_total(self) -> int:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 import httpx
 
-from ._backend import AsyncSend, Backend, SyncSend
+from ._backend import AsyncSend, Backend, SyncSend, bind_backend
 from ._flight import Abandoned, Flight, FlightTable, Seat
 from ._key import DEFAULT_IGNORED_HEADERS, KeyFunction, KeyRules, is_credential
 from ._library import Library, library_of, library_of_transport
@@ -126,7 +126,7 @@ class CoalescingTransport(_Bases):
         self._inner_library = library_of_transport(transport)
         self._backend = backend
         if backend is not None:
-            backend.bind(self._counters, self._limits)
+            bind_backend(backend, self._counters, self._limits, seconds)
 
     # -- what a client calls ------------------------------------------------------------
 

@@ -43,6 +43,7 @@ class Upstream:
                 Route("/slow", self.slow, methods=["GET", "POST"]),
                 Route("/sse", self.sse, methods=["GET", "POST"]),
                 Route("/big", self.big, methods=["GET", "POST"]),
+                Route("/headers", self.headers, methods=["GET", "POST"]),
             ]
         )
 
@@ -99,6 +100,12 @@ class Upstream:
     async def empty(self, request: Request) -> Response:
         await self._enter(request)
         return Response(status_code=204)
+
+    async def headers(self, request: Request) -> Response:
+        """A small answer with the response headers named in its query (``?set-cookie=a=1``)."""
+        await self._enter(request)
+        headers = dict(request.query_params)
+        return Response(orjson.dumps({"hit": self.total}), headers=headers, media_type="application/json")
 
     async def status(self, request: Request) -> Response:
         await self._enter(request)

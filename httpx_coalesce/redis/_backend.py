@@ -26,11 +26,12 @@ from ._breaker import Breaker
 from ._clients import AsyncClientFactory, Clients
 from ._context import Context
 from ._errors import RedisTrouble
-from ._follow import Moved, Verdict, follow_async, follow_sync
+from ._follow import Moved, Verdict, follow_async, follow_sync, response_of
 from ._keeper import LeaseKeeper
 from ._lead import Lead, lead_async, lead_sync
 from ._names import FlightKeys, new_token
 from ._ops import Lease
+from ._records import decode_window
 from ._settings import DEFAULT_PREFIX, Settings
 
 __all__ = ["RedisBackend"]
@@ -179,10 +180,12 @@ class RedisBackend:
 
     # -- the Backend protocol --------------------------------------------------------
 
-    def bind(self, counters: Counters, limits: Limits) -> None:
+    def bind(self, counters: Counters, limits: Limits, window: float = 0.0) -> None:
+        """*window*: the transport's ``window``; a finished response stays in Redis that
+        long, for late callers in any process (the fleet window)."""
         if self._context is not None:
             raise ValueError("this RedisBackend already serves a transport; make one per transport")
-        self._context = Context(self._settings, limits, counters, self._report)
+        self._context = Context(self._settings, limits, counters, self._report, window)
 
     async def send_async(self, key: str, request: Any, library: Library, send: AsyncSend) -> Any:
         context = self._usable()
@@ -194,6 +197,15 @@ class RedisBackend:
             self._report(trouble)
             return await send(request)
         keys = FlightKeys(self._settings.prefix, key)
+        if context.window > 0:
+            try:
+                kept = await ops.window_get(keys.window)
+            except RedisTrouble as trouble:
+                self._report(trouble)
+                return await send(request)
+            answer = None if kept is None else _from_window(context, kept, request, library)
+            if answer is not None:
+                return answer
         following: Lease | None = None
         replaced: Lease | None = None
         for _ in range(MAX_ROUNDS):
@@ -207,7 +219,7 @@ class RedisBackend:
                 self._succeeded()
                 if holder is None:
                     context.counters.add("redis_led")
-                    lead = Lead(context, self._keeper.hold(lease), replaced)
+                    lead = Lead(context, self._keeper.hold(lease), replaced, keys.window)
                     return await lead_async(lead, ops, request, library, send)
                 following = _lease_of(keys, holder)
             followed = await follow_async(context, ops, following, request, library)
@@ -224,6 +236,15 @@ class RedisBackend:
             return send(request)
         ops = self._clients.sync_ops()
         keys = FlightKeys(self._settings.prefix, key)
+        if context.window > 0:
+            try:
+                kept = ops.window_get(keys.window)
+            except RedisTrouble as trouble:
+                self._report(trouble)
+                return send(request)
+            answer = None if kept is None else _from_window(context, kept, request, library)
+            if answer is not None:
+                return answer
         following: Lease | None = None
         replaced: Lease | None = None
         for _ in range(MAX_ROUNDS):
@@ -238,7 +259,11 @@ class RedisBackend:
                 if holder is None:
                     context.counters.add("redis_led")
                     return lead_sync(
-                        Lead(context, self._keeper.hold(lease), replaced), ops, request, library, send
+                        Lead(context, self._keeper.hold(lease), replaced, keys.window),
+                        ops,
+                        request,
+                        library,
+                        send,
                     )
                 following = _lease_of(keys, holder)
             followed = follow_sync(context, ops, following, request, library)
@@ -288,6 +313,19 @@ class RedisBackend:
         if not self._breaker.closed:
             self._breaker.succeeded()
             logger.info("Redis is back; coalescing across processes again")
+
+
+def _from_window(context: Context, kept: bytes, request: Any, library: Library) -> Any:
+    """A response another process finished within the window; the local flight fans
+    it out (and keeps it in the local window too)."""
+    try:
+        head, body = decode_window(kept)
+    except RedisTrouble as trouble:
+        # Not ours to read: the flight goes on as if the window were empty.
+        context.report(trouble)
+        return None
+    context.counters.add("redis_window_hits")
+    return response_of(library, head, library.module.ByteStream(body), request)
 
 
 def _new_lease(keys: FlightKeys) -> Lease:

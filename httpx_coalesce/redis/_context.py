@@ -20,3 +20,10 @@ class Context:
     counters: Counters
     #: Called with every Redis failure: counts it, logs it, opens the breaker.
     report: Callable[[RedisTrouble], None]
+    #: Seconds a finished response stays in Redis for late callers (the transport's
+    #: ``window``); 0: no fleet window.
+    window: float = 0.0
+
+    @property
+    def window_ms(self) -> int:
+        return max(1, round(self.window * 1000))

@@ -45,7 +45,7 @@ from ._records import (
     decode_head,
 )
 
-__all__ = ["Moved", "Presence", "Verdict", "follow_async", "follow_sync", "watch_key"]
+__all__ = ["Moved", "Presence", "Verdict", "follow_async", "follow_sync", "response_of", "watch_key"]
 
 logger = logging.getLogger("httpx_coalesce.redis")
 
@@ -413,18 +413,23 @@ class _Follower:
         else:
             stream = library.stream_class(_SyncFollowerStream, is_async=False)(self, ops)
         self.context.counters.add("redis_followed")
-        extensions: dict[str, Any] = {}
-        if head.http_version is not None:
-            extensions["http_version"] = head.http_version
-        if head.reason_phrase is not None:
-            extensions["reason_phrase"] = head.reason_phrase
-        return library.Response(
-            head.status,
-            headers=list(head.headers),
-            stream=stream,
-            request=self.request,
-            extensions=extensions,
-        )
+        return response_of(library, head, stream, self.request)
+
+
+def response_of(library: Library, head: Head, stream: Any, request: Any) -> Any:
+    """A response of the caller's library from another process's head and *stream*."""
+    extensions: dict[str, Any] = {}
+    if head.http_version is not None:
+        extensions["http_version"] = head.http_version
+    if head.reason_phrase is not None:
+        extensions["reason_phrase"] = head.reason_phrase
+    return library.Response(
+        head.status,
+        headers=list(head.headers),
+        stream=stream,
+        request=request,
+        extensions=extensions,
+    )
 
 
 class _AsyncFollowerStream:

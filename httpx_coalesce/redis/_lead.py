@@ -27,12 +27,25 @@ from .._limits import Limits
 from .._replay import Head
 from .._tasks import cancelled_from_outside, spawn_detached
 from .._upstream import is_buffered
+from .._window import shareable_later
 from ._context import Context
 from ._errors import RedisTrouble
 from ._follow import watch_key
 from ._keeper import Hold
 from ._ops import AsyncOps, Lease, SyncOps
-from ._records import ABORT, END, MOVED, TOO_LARGE, Record, chunk_record, error_record, head_record
+from ._records import (
+    ABORT,
+    CHUNK,
+    END,
+    MOVED,
+    TOO_LARGE,
+    Record,
+    chunk_record,
+    decode_chunk,
+    error_record,
+    head_record,
+    window_value,
+)
 from ._settings import Settings
 
 __all__ = ["Lead", "lead_async", "lead_sync"]
@@ -56,7 +69,7 @@ class Publication:
     record, as it arrives.
     """
 
-    __slots__ = ("_body_bytes", "_buffered", "_max_body", "closed", "records", "written")
+    __slots__ = ("_body_bytes", "_buffered", "_max_body", "closed", "ended", "head", "records", "written")
 
     def __init__(self, max_body: int) -> None:
         self._max_body = max_body
@@ -67,9 +80,17 @@ class Publication:
         self.written = 0
         #: The final record is queued: nothing more is added.
         self.closed = False
+        #: The final record is the end of a whole body.
+        self.ended = False
+        self.head: Head | None = None
+
+    @property
+    def body_bytes(self) -> int:
+        return self._body_bytes
 
     def start(self, head: Head, buffered: bool) -> bool:
         """Queue the head; True if it should go out now."""
+        self.head = head
         self._buffered = buffered
         self._add(head_record(head))
         return not buffered
@@ -92,6 +113,11 @@ class Publication:
 
     def end(self) -> None:
         self._finish((END, b"%d" % self._body_bytes))
+        self.ended = True
+
+    def body(self) -> bytes:
+        """The whole body, once ended."""
+        return b"".join(decode_chunk(data)[1] for kind, data in self.records if kind == CHUNK)
 
     def fail(self, error: BaseException) -> None:
         self._finish(error_record(error))
@@ -137,8 +163,11 @@ class Lead:
     own callers carry on as if there were no Redis.
     """
 
-    def __init__(self, context: Context, hold: Hold, replaces: Lease | None = None) -> None:
+    def __init__(
+        self, context: Context, hold: Hold, replaces: Lease | None = None, window_key: str = ""
+    ) -> None:
         self._context = context
+        self._window_key = window_key
         self.hold = hold
         #: The round this one takes over from, that stopped before its end.
         self._replaces = replaces
@@ -268,6 +297,43 @@ class Lead:
             return self.overdue()
 
     # -- the caller's side ------------------------------------------------------------
+
+    def _window_entry(self) -> tuple[str, bytes] | None:
+        """The fleet window's key and entry for this round, if it keeps one: a whole,
+        successful body the server lets others have later (the local window's rules),
+        written while Redis is keeping up."""
+        context = self._context
+        publication = self.publication
+        head = publication.head
+        if (
+            context.window <= 0
+            or not publication.ended
+            or self.behind
+            or head is None
+            or not shareable_later(head)
+            or publication.body_bytes > min(context.limits.window_bytes, context.limits.max_body_bytes)
+        ):
+            return None
+        return self._window_key, window_value(head, publication.body())
+
+    async def share_async(self, ops: AsyncOps) -> None:
+        """Keep the finished response in Redis for late callers elsewhere (best effort)."""
+        entry = self._window_entry()
+        if entry is None:
+            return
+        try:
+            await ops.window_put(*entry, self._context.window_ms)
+        except RedisTrouble as trouble:
+            self._context.report(trouble)
+
+    def share_sync(self, ops: SyncOps) -> None:
+        entry = self._window_entry()
+        if entry is None:
+            return
+        try:
+            ops.window_put(*entry, self._context.window_ms)
+        except RedisTrouble as trouble:
+            self._context.report(trouble)
 
     def _moved(self) -> tuple[Lease, list[Record]] | None:
         replaced = self._replaces
@@ -459,6 +525,7 @@ class _FleetCall:
             publication.end()
             await lead.flush_async(ops)
             await self._deliver(_END)
+            await lead.share_async(ops)
         finally:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
@@ -551,6 +618,7 @@ class _SyncLeaderStream:
             raise
         publication.end()
         lead.flush_sync(self._ops)
+        lead.share_sync(self._ops)
 
     def close(self) -> None:
         if self._closed:

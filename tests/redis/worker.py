@@ -30,7 +30,9 @@ def make_transport(config: dict[str, Any]) -> CoalescingTransport:
     options: dict[str, Any] = {"prefix": config["prefix"], "client_name": config["client_name"]}
     if "lease" in config:
         options["lease"] = config["lease"]
-    return CoalescingTransport(backend=RedisBackend.from_url(config["redis"], **options))
+    return CoalescingTransport(
+        backend=RedisBackend.from_url(config["redis"], **options), window=config.get("window", 0.0)
+    )
 
 
 def stats_of(transport: CoalescingTransport) -> dict[str, Any]:
