@@ -11,6 +11,7 @@ response, none gets an error, and the upstream is called once.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -22,12 +23,12 @@ import redis
 from httpx_coalesce import CoalescingTransport
 from httpx_coalesce.redis import RedisBackend
 
-from ..conftest import until
+from ..conftest import until, until_sync
 from ..upstream import Upstream
 from .conftest import RedisServer, StartRedis, blocked_readers
 from .faults import FaultProxy, restart
 
-pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
+asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
 
 MakeTransport = Callable[..., CoalescingTransport]
 
@@ -124,6 +125,8 @@ FAULTS = {
 }
 
 
+@pytest.mark.anyio
+@asyncio_only
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_streaming_follower_that_handed_out_bytes_resumes_after_a_redis_fault(
     fault: str, upstream: Upstream, base_url: str, rig: Rig, make_transport: MakeTransport
@@ -169,6 +172,8 @@ async def test_streaming_follower_that_handed_out_bytes_resumes_after_a_redis_fa
     assert upstream.hits["/sse"] == 1
 
 
+@pytest.mark.anyio
+@asyncio_only
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_buffered_follower_gets_the_leaders_answer_after_a_redis_fault(
     fault: str, upstream: Upstream, base_url: str, rig: Rig, make_transport: MakeTransport
@@ -199,3 +204,99 @@ async def test_buffered_follower_gets_the_leaders_answer_after_a_redis_fault(
 
     assert bodies["follower"] == bodies["leader"]
     assert upstream.hits["/echo"] == 1
+
+
+@pytest.mark.anyio
+@asyncio_only
+@pytest.mark.parametrize("fault", ["restart", "blackhole"])
+async def test_leader_that_finished_while_redis_was_away_publishes_the_rest_once_it_is_back(
+    fault: str, upstream: Upstream, base_url: str, rig: Rig, make_transport: MakeTransport
+) -> None:
+    """The leader's own caller finishes during the fault; its follower, which already
+    handed out the first event, gets the rest (and the end) once Redis answers."""
+    leader = make_transport(backend=backend(rig, "leader"))
+    follower = make_transport(backend=backend(rig, "follower"))
+    upstream.hold()
+    outcomes: dict[str, tuple[bytes, str | None]] = {}
+    async with (
+        httpx.AsyncClient(transport=leader, base_url=base_url) as first,
+        httpx.AsyncClient(transport=follower, base_url=base_url) as second,
+    ):
+
+        async def call(name: str, client: httpx.AsyncClient) -> None:
+            received = b""
+            try:
+                async with client.stream("GET", "/sse?events=3&hold=1") as response:
+                    async for chunk in response.aiter_raw():
+                        received += chunk
+                outcomes[name] = (received, None)
+            except httpx.HTTPError as error:
+                outcomes[name] = (received, type(error).__name__)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(call, "leader", first)
+            await until(upstream.holding.is_set)
+            group.start_soon(call, "follower", second)
+            watcher = rig.client()
+            await until(lambda: blocked_readers(watcher, "follower") == 1)
+            watcher.close()
+            if fault == "restart":
+                rig.server.kill()
+                rig.proxy.reset()
+            else:
+                rig.proxy.blackhole()
+            upstream.gate.set()
+            await until(lambda: "leader" in outcomes)
+            if fault == "restart":
+                rig.server = rig.start(rig.server.port)
+            else:
+                rig.proxy.heal()
+
+    leader_body, leader_error = outcomes["leader"]
+    assert leader_error is None
+    assert leader_body.endswith(b"data: [DONE]\n\n")
+    assert outcomes["follower"] == (leader_body, None)
+    assert upstream.hits["/sse"] == 1
+
+
+def test_sync_streaming_follower_resumes_after_redis_restarts(
+    upstream: Upstream, base_url: str, rig: Rig, make_transport: MakeTransport
+) -> None:
+    leader = make_transport(backend=backend(rig, "leader"))
+    follower = make_transport(backend=backend(rig, "follower"))
+    upstream.hold()
+    outcomes: dict[str, tuple[bytes, str | None]] = {}
+
+    def call(name: str, transport: CoalescingTransport) -> None:
+        received = b""
+        try:
+            with (
+                httpx.Client(transport=transport, base_url=base_url) as client,
+                client.stream("GET", "/sse?events=3&hold=1") as response,
+            ):
+                for chunk in response.iter_raw():
+                    received += chunk
+            outcomes[name] = (received, None)
+        except httpx.HTTPError as error:
+            outcomes[name] = (received, type(error).__name__)
+
+    threads = [threading.Thread(target=call, args=("leader", leader))]
+    threads[0].start()
+    until_sync(upstream.holding.is_set)
+    threads.append(threading.Thread(target=call, args=("follower", follower)))
+    threads[1].start()
+    watcher = rig.client()
+    until_sync(lambda: blocked_readers(watcher, "follower") == 1)
+    watcher.close()
+    [token] = rig.leases()
+    rig.proxy.reset()
+    rig.server = restart(rig.server, rig.start)
+    until_sync(lambda: rig.leases() == [token])
+    upstream.gate.set()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    leader_body, leader_error = outcomes["leader"]
+    assert leader_error is None
+    assert outcomes["follower"] == (leader_body, None)
+    assert upstream.hits["/sse"] == 1
