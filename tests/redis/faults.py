@@ -15,7 +15,8 @@ import struct
 import threading
 import time
 
-from .conftest import RedisServer, StartRedis
+from ..support.redis_server import RedisServer
+from .conftest import StartRedis
 
 __all__ = ["FaultProxy", "restart"]
 

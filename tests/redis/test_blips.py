@@ -24,8 +24,9 @@ from httpx_coalesce import CoalescingTransport
 from httpx_coalesce.redis import RedisBackend
 
 from ..conftest import until, until_sync
+from ..support.redis_server import RedisServer
 from ..upstream import Upstream
-from .conftest import RedisServer, StartRedis, blocked_readers
+from .conftest import StartRedis, blocked_readers
 from .faults import FaultProxy, restart
 
 asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
