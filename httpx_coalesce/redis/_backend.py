@@ -68,8 +68,15 @@ class RedisBackend:
     How it behaves:
 
     * Redis trouble (unreachable, slower than the socket timeout, or answering what no
-      leader of ours wrote) never fails a request: it goes upstream from this process,
-      still coalesced locally, and Redis is left alone for ``backoff`` seconds.
+      leader of ours wrote) never fails a request: a new flight goes upstream from this
+      process, still coalesced locally, and Redis is left alone for ``backoff`` seconds.
+    * A flight already under way rides a blip out (Redis slow, paused, restarted,
+      failed over, unreachable for a while): followers keep their place and resume
+      once Redis answers; the leader keeps what Redis could not take and writes it
+      then, taking back a lease Redis lost if nobody else took it, and writing its
+      round again from the head if Redis lost the stream (chunks carry their offset).
+    * With the transport's ``window``, a finished answer stays in Redis that long for
+      late callers in any process, under the local window's rules.
     * A leader that dies is replaced by one of its followers once its lease runs out;
       the others follow the new leader. A follower that already handed out a streamed
       response cannot start over: its readers get the client library's ``ReadError``
@@ -81,7 +88,7 @@ class RedisBackend:
     * Counters in ``transport.stats()``: ``redis_led`` (rounds this process led for the
       fleet), ``redis_followed`` (responses or upstream errors it took from another
       process), ``redis_errors`` (Redis failures, and flights that skipped Redis during
-      the back-off).
+      the back-off), ``redis_window_hits`` (flights answered from the fleet window).
 
     A backend serves one transport: :meth:`bind` ties it to that transport's counters.
     """
