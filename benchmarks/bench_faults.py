@@ -122,6 +122,7 @@ async def worker(config: dict[str, Any]) -> None:
                     error = "WrongBody"
             except httpx.HTTPError as failure:
                 error = type(failure).__name__
+                logging.getLogger("bench").debug("caller failed: %r", failure)
             results.append((time.monotonic() - started, error))
 
         async with anyio.create_task_group() as group:

@@ -232,6 +232,9 @@ class Reading:
         """Keep the bytes of a chunk this reader does not have yet."""
         if offset > self._received:
             # Redis lost chunks and the leader did not write them again.
+            logger.debug(
+                "a gap in %s: a chunk at %d after %d bytes", self.lease.stream, offset, self._received
+            )
             self.outcome = Stop.LOST
             return
         fresh = data[self._received - offset :]

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -69,7 +70,17 @@ class Publication:
     record, as it arrives.
     """
 
-    __slots__ = ("_body_bytes", "_buffered", "_max_body", "closed", "ended", "head", "records", "written")
+    __slots__ = (
+        "_body_bytes",
+        "_buffered",
+        "_max_body",
+        "closed",
+        "ended",
+        "generation",
+        "head",
+        "records",
+        "written",
+    )
 
     def __init__(self, max_body: int) -> None:
         self._max_body = max_body
@@ -78,6 +89,9 @@ class Publication:
         self.records: list[Record] = []
         #: How many of ``records`` Redis has, as far as the leader knows.
         self.written = 0
+        #: Counts the times the round was started again from its head: a write begun
+        #: before that says nothing of what the new stream has.
+        self.generation = 0
         #: The final record is queued: nothing more is added.
         self.closed = False
         #: The final record is the end of a whole body.
@@ -139,6 +153,16 @@ class Publication:
                     break
         return self.records[self.written : end], self.closed and end == len(self.records)
 
+    def rewrite(self) -> None:
+        """Redis may have lost the stream: everything is due again."""
+        self.written = 0
+        self.generation += 1
+
+    def wrote(self, start: int, count: int, generation: int) -> None:
+        """Redis took *count* records from *start* (a write begun in *generation*)."""
+        if generation == self.generation:
+            self.written = max(self.written, start + count)
+
     def due_bytes(self) -> int:
         return sum(len(data) for _, data in self.records[self.written :])
 
@@ -149,6 +173,19 @@ class Publication:
     def _finish(self, record: Record) -> None:
         self._add(record)
         self.closed = True
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Records the caller's path writes: from index *start* of the round, in *generation*.
+
+    From a start past 0 the stream must still be in Redis (``expect_stream``).
+    """
+
+    records: list[Record]
+    final: bool
+    start: int
+    generation: int
 
 
 class Lead:
@@ -196,22 +233,22 @@ class Lead:
     def report(self, trouble: RedisTrouble) -> None:
         self._context.report(trouble)
 
-    def _batch(self) -> tuple[list[Record], bool, bool] | None:
-        """What the caller's path writes now, if it writes at all: the records, whether
-        the last is final, and whether Redis must still have the stream."""
+    def _batch(self) -> _Batch | None:
+        """What the caller's path writes now, if it writes at all."""
         with self._lock:
             if self.stopped or self._behind_since is not None:
                 return None
-            records, final = self.publication.due()
+            publication = self.publication
+            records, final = publication.due()
             if not records:
                 return None
-            return records, final, self.publication.written > 0
+            return _Batch(records, final, publication.written, publication.generation)
 
-    def _done(self, count: int, held: bool, final: bool) -> None:
+    def _done(self, batch: _Batch, held: bool) -> None:
         with self._lock:
             if held:
-                self.publication.written += count
-                if final:
+                self.publication.wrote(batch.start, len(batch.records), batch.generation)
+                if batch.final:
                     self._stop()
                 return
             self._unsure = True
@@ -271,23 +308,24 @@ class Lead:
                 # Ours again (taken back, or it never left and the stream did): Redis
                 # may have lost the stream with it, so the round is written again.
                 with self._lock:
-                    self.publication.written = 0
+                    self.publication.rewrite()
                 self._unsure = False
             while True:
                 with self._lock:
-                    records, final = self.publication.due(FLUSH_BYTES)
-                    expect_stream = self.publication.written > 0
+                    publication = self.publication
+                    records, final = publication.due(FLUSH_BYTES)
+                    start, generation = publication.written, publication.generation
                     if not records:
                         # Up to date: the caller's path writes what comes next.
                         self._behind_since = None
                         return self.stopped
                 if not ops.append(
-                    lease, records, settings.lease_ms, settings.stream_ttl_ms, final, expect_stream
+                    lease, records, settings.lease_ms, settings.stream_ttl_ms, final, start > 0
                 ):
                     self._unsure = True
                     return False
                 with self._lock:
-                    self.publication.written += len(records)
+                    publication.wrote(start, len(records), generation)
                     if final:
                         self.stopped = True
                         self._behind_since = None
@@ -371,31 +409,39 @@ class Lead:
         batch = self._batch()
         if batch is None:
             return
-        records, final, expect_stream = batch
         settings = self._context.settings
         try:
             held = await ops.append(
-                self.hold.lease, records, settings.lease_ms, settings.stream_ttl_ms, final, expect_stream
+                self.hold.lease,
+                batch.records,
+                settings.lease_ms,
+                settings.stream_ttl_ms,
+                batch.final,
+                batch.start > 0,
             )
         except RedisTrouble as trouble:
             self._failed(trouble)
             return
-        self._done(len(records), held, final)
+        self._done(batch, held)
 
     def flush_sync(self, ops: SyncOps) -> None:
         batch = self._batch()
         if batch is None:
             return
-        records, final, expect_stream = batch
         settings = self._context.settings
         try:
             held = ops.append(
-                self.hold.lease, records, settings.lease_ms, settings.stream_ttl_ms, final, expect_stream
+                self.hold.lease,
+                batch.records,
+                settings.lease_ms,
+                settings.stream_ttl_ms,
+                batch.final,
+                batch.start > 0,
             )
         except RedisTrouble as trouble:
             self._failed(trouble)
             return
-        self._done(len(records), held, final)
+        self._done(batch, held)
 
 
 def _wrap(response: Any, stream: Any, request: Any, library: Library) -> Any:

@@ -14,9 +14,9 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 from ..support.redis_server import RedisServer
-from .conftest import StartRedis
 
 __all__ = ["FaultProxy", "restart"]
 
@@ -99,7 +99,7 @@ class FaultProxy:
                     sock.shutdown(socket.SHUT_RDWR)
 
 
-def restart(server: RedisServer, start: StartRedis) -> RedisServer:
+def restart(server: RedisServer, start: Callable[[int], RedisServer]) -> RedisServer:
     """SIGKILL *server* and start an empty one on its port with *start* (the
     ``redis_server`` fixture), as after a crash with no persistence."""
     server.kill()
