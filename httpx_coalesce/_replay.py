@@ -17,6 +17,7 @@ to the spool (see ``_spool``) and are read back from there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ._spool import Spool
@@ -255,7 +256,7 @@ class Replay:
         self._body = None
         self.drop_rests(position)
 
-    def spill(self, limit: int, make_spool: Any) -> None:
+    def spill(self, limit: int, make_spool: Callable[[], Spool]) -> None:
         """Move the oldest chunks to the spool until memory holds at most *limit* bytes
         of chunks (joined rests go first: they are only a convenience).
 
