@@ -210,3 +210,25 @@ def test_threads_that_start_reading_late_share_the_very_same_body_object(
         late.read()
         assert lagging.content is late.content
         assert len(late.content) == 100_000
+
+
+@pytest.mark.anyio
+async def test_a_reader_waiting_for_the_whole_body_times_out_only_if_no_byte_comes_within_its_timeout(
+    lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport
+) -> None:
+    transport = make_transport()
+    # Six parts 0.2 s apart: 1 s in all, twice the follower's read timeout, each part
+    # well within it. Alone, that follower would read the body without a timeout.
+    url = "/trickle?parts=6&size=8192&gap=0.2"
+    async with lib.AsyncClient(transport=transport, base_url=base_url, timeout=10) as client:
+        async with client.stream("GET", url) as live:
+            async with client.stream("GET", url, timeout=lib.Timeout(10, read=0.5)) as waiting:
+                assert not waiting.extensions["coalesce"].leader
+                chunks = live.aiter_raw()
+                await chunks.__anext__()  # another reads live: the follower waits for the whole
+                async with anyio.create_task_group() as group:
+                    group.start_soon(waiting.aread)
+                    async for _ in chunks:
+                        pass
+    assert waiting.content == b"".join(bytes([65 + n]) * 8192 for n in range(6))
+    assert upstream.hits["/trickle"] == 1

@@ -43,6 +43,7 @@ class Upstream:
                 Route("/slow", self.slow, methods=["GET", "POST"]),
                 Route("/sse", self.sse, methods=["GET", "POST"]),
                 Route("/big", self.big, methods=["GET", "POST"]),
+                Route("/trickle", self.trickle, methods=["GET", "POST"]),
                 Route("/headers", self.headers, methods=["GET", "POST"]),
             ]
         )
@@ -130,6 +131,24 @@ class Upstream:
         await self._enter(request)
         size = int(request.query_params.get("size", "1000000"))
         return Response(b"x" * size, media_type="application/octet-stream")
+
+    async def trickle(self, request: Request) -> Response:
+        """A body of known length (``parts`` x ``size`` bytes), one part every ``gap``
+        seconds: longer in all than a read timeout that each part alone stays within."""
+        await self._enter(request)
+        parts = int(request.query_params.get("parts", "5"))
+        size = int(request.query_params.get("size", "8192"))
+        gap = float(request.query_params.get("gap", "0.1"))
+
+        async def body() -> AsyncIterator[bytes]:
+            for number in range(parts):
+                if number:
+                    await anyio.sleep(gap)
+                yield bytes([65 + number]) * size
+
+        return StreamingResponse(
+            body(), media_type="application/octet-stream", headers={"content-length": str(parts * size)}
+        )
 
     async def sse(self, request: Request) -> Response:
         """``events`` events, then ``[DONE]``. With ``hold=K`` it sends K events, then
