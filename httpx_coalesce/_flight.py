@@ -114,6 +114,7 @@ class Flight:
         "table",
         "timeout",
         "upstream_response",
+        "url",
         "whole_signal",
         "whole_waiters",
     )
@@ -152,6 +153,8 @@ class Flight:
         self._cancel: Callable[[], object] | None = None
         #: The leader's timeouts, which the upstream call runs under.
         self.timeout: object = None
+        #: The leader's request URL: which API answered, for the price of its answer.
+        self.url: object = None
         self.upstream_response: object = None
 
     def __repr__(self) -> str:

@@ -6,9 +6,11 @@ import threading
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
+from ._cost import Price, Pricer
 from ._telemetry import Recorder, span_noter
 from ._usage import Tokens
 
@@ -41,6 +43,15 @@ class CoalesceStats:
     #: (``input``, ``output``, ``cached_input``; the types add up to the total).
     tokens_saved: int = 0
     tokens_saved_by_type: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    #: The estimated list price, in USD, of the LLM calls that sharing made unnecessary
+    #: (a follower's answer or a window hit saves one call's price), from genai-prices
+    #: (the ``cost`` extra), and the same by the price list's model id. Priced in a
+    #: worker thread as flights end, so it may lag the other counts by a moment.
+    cost_saved: Decimal = Decimal(0)
+    cost_saved_by_model: Mapping[str, Decimal] = field(default_factory=lambda: MappingProxyType({}))
+    #: Calls saved whose answer reported tokens but could not be priced: a model the price
+    #: list does not know, or the ``cost`` extra not installed. Their tokens still count.
+    cost_unpriced: int = 0
     #: With a Redis backend: flights this process led for the fleet, flights it followed
     #: from another process, and Redis troubles that fell back to local coalescing.
     redis_led: int = 0
@@ -61,6 +72,8 @@ _FIELDS = frozenset(field.name for field in fields(CoalesceStats)) - {
     "waiters",
     "tokens_saved",
     "tokens_saved_by_type",
+    "cost_saved",
+    "cost_saved_by_model",
 }
 
 #: A request's outcome: it led a flight, joined one, was served from the window, or
@@ -80,10 +93,13 @@ class Counters:
         self._counts: Counter[str] = Counter()
         self._bypassed: Counter[str] = Counter()
         self._tokens: Counter[str] = Counter()
+        self._cost: dict[str, Decimal] = {}
         #: Where metrics go: ``recorder.telemetry`` is None while nothing records them.
         self.recorder = Recorder()
         #: Notes a request's outcome on the caller's span; None without OpenTelemetry.
         self._note_span = span_noter()
+        #: Prices shared LLM answers, off the callers' path.
+        self.pricer = Pricer(self.cost_saved, self._unpriced)
 
     def add(self, name: str, amount: int = 1) -> None:
         """A count of *name* that has no metric of its own (``coalesced``, ``redis_led``...)."""
@@ -146,6 +162,18 @@ class Counters:
                 telemetry.bytes_saved(size)
             telemetry.tokens_saved(by_type)
 
+    def cost_saved(self, price: Price, calls: int) -> None:
+        """*calls* calls of *price* not made (from the pricer's worker thread)."""
+        usd = price.usd * calls
+        with self._lock:
+            self._cost[price.model] = self._cost.get(price.model, Decimal(0)) + usd
+        telemetry = self.recorder.telemetry
+        if telemetry is not None:
+            telemetry.cost_saved(usd, price.provider, price.model)
+
+    def _unpriced(self, calls: int) -> None:
+        self.add("cost_unpriced", calls)
+
     def backend_error(self, kind: str) -> None:
         """The backend failed (its ``error.type`` is *kind*) and fell back to local."""
         with self._lock:
@@ -159,6 +187,7 @@ class Counters:
             counts = dict(self._counts)
             bypassed = MappingProxyType(dict(self._bypassed))
             tokens = MappingProxyType(dict(self._tokens))
+            cost = MappingProxyType(dict(self._cost))
         # Only the fields a snapshot has: a backend counting under a name of its own
         # must not make stats() raise in the middle of a service.
         known = {name: value for name, value in counts.items() if name in _FIELDS}
@@ -168,5 +197,7 @@ class Counters:
             waiters=waiters,
             tokens_saved=sum(tokens.values()),
             tokens_saved_by_type=tokens,
+            cost_saved=sum(cost.values(), Decimal(0)),
+            cost_saved_by_model=cost,
             **known,
         )

@@ -17,8 +17,8 @@ own global once per request, and swaps the live instruments in as soon as it is 
 With a provider, what every request moves (``requests``, ``upstream_calls``) is kept
 here as totals by attribute values and observed at collection, as are
 ``flights.active`` and ``waiters.active`` (from the figures ``stats()`` reads): an SDK's
-synchronous ``add`` costs 2.5-5 µs. Rarer events (a flight shared, bytes and tokens
-saved, a backend error) are recorded as they happen.
+synchronous ``add`` costs 2.5-5 µs. Rarer events (a flight shared, bytes, tokens and
+cost saved, a backend error) are recorded as they happen.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ CALLERS = "httpx_coalesce.callers"
 METHOD = "http.request.method"
 SERVER = "server.address"
 TOKEN_TYPE = "gen_ai.token.type"
+PROVIDER = "gen_ai.provider.name"
+MODEL = "gen_ai.request.model"
 ERROR_TYPE = "error.type"
 
 #: The instruments: name, kind, unit, description. Their names are the public contract.
@@ -81,6 +84,12 @@ INSTRUMENTS: tuple[tuple[str, str, str, str], ...] = (
     ("httpx_coalesce.waiters.active", "up-down counter", "{request}", "Callers attached to a flight now."),
     ("httpx_coalesce.bytes_saved", "counter", "By", "Response bytes not fetched again."),
     ("httpx_coalesce.tokens_saved", "counter", "{token}", "LLM tokens not paid for again (an estimate)."),
+    (
+        "httpx_coalesce.cost_saved",
+        "counter",
+        "USD",
+        "Estimated list price of the LLM calls sharing made unnecessary (genai-prices).",
+    ),
     ("httpx_coalesce.backend.errors", "counter", "{error}", "Backend failures that fell back to local."),
 )
 _SPEC = {name: (unit, description) for name, _, unit, description in INSTRUMENTS}
@@ -129,6 +138,7 @@ class Telemetry:
         self._tokens = meter.create_counter(
             "httpx_coalesce.tokens_saved", *_SPEC["httpx_coalesce.tokens_saved"]
         )
+        self._cost = meter.create_counter("httpx_coalesce.cost_saved", *_SPEC["httpx_coalesce.cost_saved"])
         self._errors = meter.create_counter(
             "httpx_coalesce.backend.errors", *_SPEC["httpx_coalesce.backend.errors"]
         )
@@ -204,6 +214,11 @@ class Telemetry:
         """*by_type*: ``Tokens.by_type()``, non-zero counts by ``gen_ai.token.type``."""
         for kind, count in by_type.items():
             self._tokens.add(count, {TOKEN_TYPE: kind})
+
+    def cost_saved(self, usd: Decimal, provider: str, model: str) -> None:
+        """*provider* and *model*: the price list's ids, a finite set (never the raw
+        model name an answer gave, which could be anything)."""
+        self._cost.add(float(usd), {PROVIDER: provider, MODEL: model})
 
     def backend_error(self, kind: str) -> None:
         self._errors.add(1, {ERROR_TYPE: kind})

@@ -245,6 +245,7 @@ class CoalescingTransport(_Bases):
             return _PASS_THROUGH
         if joined.leader:
             joined.flight.timeout = request.extensions.get("timeout")
+            joined.flight.url = request.url
         return joined
 
     def _settle(
@@ -497,6 +498,8 @@ class CoalescingTransport(_Bases):
             return None
         self._counters.request(WINDOW, request, flight_id=entry.flight_id)
         self._counters.saved(len(entry.body), entry.tokens)
+        if entry.tokens.total:
+            self._counters.pricer.window_saved(key)
         info = CoalesceInfo(leader=False, callers=0, flight_id=entry.flight_id, from_window=True)
         return build_body_response(library, entry.head, entry.body, request, info, is_async)
 
@@ -520,6 +523,10 @@ class CoalescingTransport(_Bases):
             tokens = tokens_in(body, head.header(b"content-type") or b"")
         if followers > 0:
             self._counters.saved(replay.size * followers, None if tokens is None else tokens.times(followers))
+        if body is not None and tokens is not None and tokens.total:
+            # Priced in a worker: a flight may end on the event loop or in a caller's read.
+            content_type = head.header(b"content-type") or b""
+            self._counters.pricer.flight_saved(flight.key, body, content_type, flight.url, max(0, followers))
         if window and body is not None and tokens is not None:
             entry = WindowEntry(head, body, flight.id, tokens, time.monotonic() + self._window.seconds)
             self._window.put(flight.key, entry)

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["MAX_PARSED", "NO_TOKENS", "Tokens", "tokens_in"]
+__all__ = ["MAX_PARSED", "NO_TOKENS", "Answer", "Tokens", "read_answer", "tokens_in"]
 
 # LLM answers are small; a larger body is not worth parsing on an event loop (a 1 MB
 # answer took 4.6 ms and a 16 MB spike).
@@ -48,31 +48,72 @@ class Tokens:
 NO_TOKENS = Tokens()
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What an LLM answer says about itself: its tokens, the model that wrote it, and
+    (for a JSON answer) the parsed document, for a fuller reading by the price list."""
+
+    tokens: Tokens = NO_TOKENS
+    model: str | None = None
+    document: Any = None
+
+
+_NO_ANSWER = Answer()
+
+
 def tokens_in(body: bytes, content_type: bytes) -> Tokens:
     """Tokens the response reports, none when it reports none or is not JSON/SSE."""
+    return read_answer(body, content_type).tokens
+
+
+def read_answer(body: bytes, content_type: bytes) -> Answer:
+    """The answer in *body*; an empty one when it is too large, or not JSON/SSE."""
     if len(body) > MAX_PARSED:
-        return NO_TOKENS
+        return _NO_ANSWER
     if b"event-stream" in content_type:
-        return _stream_tokens(body)
+        return _read_stream(body)
     if b"json" in content_type:
         try:
-            return _tally([_usage_of(orjson.loads(body))])
+            document = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return NO_TOKENS
-    return NO_TOKENS
+            return _NO_ANSWER
+        return Answer(_tally([_usage_of(document)]), _model_of(document), document)
+    return _NO_ANSWER
 
 
-def _stream_tokens(body: bytes) -> Tokens:
+def _read_stream(body: bytes) -> Answer:
     usages: list[dict[str, Any]] = []
+    model: str | None = None
     for line in body.splitlines():
-        if not line.startswith(b"data:") or b"usage" not in line:
+        if not line.startswith(b"data:"):
+            continue
+        # Every OpenAI chunk names the model; Anthropic's and the Responses API's first
+        # event does, and only the events with usage are needed after that.
+        if b"usage" not in line and (model is not None or b'"model"' not in line):
             continue
         try:
             event = orjson.loads(line[5:])
         except orjson.JSONDecodeError:
             continue
+        if model is None:
+            model = _model_of(event)
         usages.append(_usage_of(event))
-    return _tally(usages)
+    return Answer(_tally(usages), model)
+
+
+def _model_of(document: Any) -> str | None:
+    if not isinstance(document, dict):
+        return None
+    model = document.get("model")
+    if not isinstance(model, str):
+        for nested in ("response", "message"):
+            inner = document.get(nested)
+            if isinstance(inner, dict) and isinstance(inner.get("model"), str):
+                model = inner["model"]
+                break
+        else:
+            return None
+    return model
 
 
 def _usage_of(document: Any) -> dict[str, Any]:
