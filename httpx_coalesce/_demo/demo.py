@@ -2,7 +2,8 @@
 
 It starts a fake LLM API on loopback that behaves as the real ones do where it matters here: each API key
 may send so many requests per minute (past that: 429 with retry-after), and every answer's tokens are
-billed at a price per token. Then it fires N identical chat completions at once through the real OpenAI
+billed at a price per token: the model's real list price, from genai-prices (Pydantic's price list of LLM
+APIs, shipped in the package). Then it fires N identical chat completions at once through the real OpenAI
 SDK (over httpx2, with the SDK's own retries), once through a plain client and once through one with
 CoalescingTransport, buffered and streamed, and prints what reached the API and what it billed.
 """
@@ -14,18 +15,23 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 import anyio
+import genai_prices
 import httpx2
 import openai
 
+from .._cost import price_list_version, wait_priced
 from .._transport import CoalescingTransport
-from .fake_api import DEMO_PRICES, FakeLLMAPI, RateLimit
+from .fake_api import FakeLLMAPI, Price, RateLimit
 from .server import LocalServer
 
-__all__ = ["Row", "Settings", "main", "run", "table"]
+__all__ = ["MODEL", "Row", "Settings", "list_price", "main", "run", "table"]
 
-MODEL = "gpt-demo"
+#: A real model, billed at its real list price.
+MODEL = "gpt-4o-mini"
+PROVIDER = "openai"
 API_KEY = "sk-demo"
 
 # A shared document to summarise: the kind of prompt many users (or workers) send at the same moment, and
@@ -65,6 +71,8 @@ class Row:
     output_tokens: int
     cost: float
     answers: frozenset[str]
+    #: What the transport's ``stats()`` says it saved (None for the plain client).
+    cost_saved: Decimal | None = None
 
     @property
     def tokens(self) -> int:
@@ -79,11 +87,8 @@ async def burst(api: FakeLLMAPI, url: str, settings: Settings, stream: bool, coa
     api.reset()
     # One connection per caller for the plain client, so what limits it is the API, not a local pool.
     limits = httpx2.Limits(max_connections=settings.requests)
-    http_client = (
-        httpx2.AsyncClient(transport=CoalescingTransport(), limits=limits)
-        if coalesce
-        else httpx2.AsyncClient(limits=limits)
-    )
+    transport = CoalescingTransport() if coalesce else None
+    http_client = httpx2.AsyncClient(transport=transport, limits=limits)
     answers: list[str] = []
     failed = 0
     async with openai.AsyncOpenAI(
@@ -123,6 +128,11 @@ async def burst(api: FakeLLMAPI, url: str, settings: Settings, stream: bool, coa
                 group.start_soon(call)
         seconds = time.perf_counter() - started
     bill = api.bill(API_KEY)
+    cost_saved = None
+    if transport is not None:
+        # Answers are priced in a worker thread as their flights end.
+        await anyio.to_thread.run_sync(wait_priced, 10.0)
+        cost_saved = transport.stats().cost_saved
     return Row(
         mode="streamed (SSE)" if stream else "buffered JSON",
         client="CoalescingTransport" if coalesce else "plain httpx2",
@@ -135,6 +145,7 @@ async def burst(api: FakeLLMAPI, url: str, settings: Settings, stream: bool, coa
         output_tokens=bill.output_tokens,
         cost=bill.cost,
         answers=frozenset(answers),
+        cost_saved=cost_saved,
     )
 
 
@@ -179,13 +190,23 @@ async def run(settings: Settings) -> list[Row]:
     limit = RateLimit(settings.requests_per_minute, slice_seconds=settings.slice_seconds)
     # The stream takes about as long again as the wait for its first token, as a real answer does.
     gap = settings.latency / max(1, settings.answer_tokens)
-    api = FakeLLMAPI(latency=settings.latency, stream_gap=gap, rate_limit=limit)
+    api = FakeLLMAPI(latency=settings.latency, stream_gap=gap, rate_limit=limit, prices={MODEL: list_price()})
     with LocalServer(api.app, on_stop=api.close) as server:
         rows = []
         for stream in (False, True):
             for coalesce in (False, True):
                 rows.append(await burst(api, server.url, settings, stream, coalesce))
         return rows
+
+
+def list_price(model: str = MODEL) -> Price:
+    """*model*'s list price today, per million tokens, from genai-prices."""
+
+    def per_million(**tokens: int) -> float:
+        usage = genai_prices.Usage(**tokens)
+        return float(genai_prices.calc_price(usage, model, provider_id=PROVIDER).total_price)
+
+    return Price(per_million(input_tokens=1_000_000), per_million(output_tokens=1_000_000))
 
 
 def _count(text: str) -> int:
@@ -253,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_retries=options.max_retries,
     )
     limit = RateLimit(settings.requests_per_minute)
-    price = DEMO_PRICES[MODEL]
+    price = list_price()
     print(
         f"A burst of {settings.requests} identical chat completions: a ~1,000-token document to summarise, "
         f"{settings.answer_tokens}-token answers.\n"
@@ -265,14 +286,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = anyio.run(run, settings)
     print(table(rows))
     print(
-        f"\nest. cost: at the demo's own made-up prices for '{MODEL}' (${price.input_per_million:.2f} per "
-        f"million input tokens,\n${price.output_per_million:.2f} per million output tokens), not any "
-        "provider's."
+        f"\nest. cost: at OpenAI's list prices for '{MODEL}' (${price.input_per_million:.2f} per million "
+        f"input tokens, ${price.output_per_million:.2f} per million output tokens),\n"
+        f"from the price list genai-prices {price_list_version()}: an estimate, not a bill."
     )
     plain, ours = rows[0], rows[1]
     print(
         f"With coalescing the API saw {ours.upstream_calls} call(s) instead of {plain.upstream_calls}, "
         f"sent {ours.rate_limited} 429s instead of {plain.rate_limited}, and billed ${ours.cost:.4f} "
-        f"instead of ${plain.cost:.4f}."
+        f"instead of ${plain.cost:.4f}.\n"
+        f"The transport's own estimate, stats().cost_saved: ${ours.cost_saved or 0:.4f} saved."
     )
     return 0

@@ -16,7 +16,8 @@ SDKs' ``parse`` helpers work.
 
 Like the real services it can limit each API key to so many requests per minute (answering 429 with
 ``retry-after`` past it, see :class:`RateLimit`) and bills every answer's tokens to the key that asked, at
-the prices of a table of its own (:data:`DEMO_PRICES`, made up for the demo), see :meth:`FakeLLMAPI.bill`.
+the prices it is given (the demo gives it genai-prices' list price of a real model; by default a table of
+its own, :data:`DEMO_PRICES`, made up for the tests), see :meth:`FakeLLMAPI.bill`.
 
 Every API response carries ``x-fake-hit: N`` (the hit that produced it) and ``x-request-id``/``request-id``.
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import anyio
 import pytest
 
@@ -29,12 +31,15 @@ def test_the_burst_without_coalescing_is_rate_limited_and_billed_per_caller() ->
         assert ours.tokens > 0
         assert plain.tokens == SETTINGS.requests * ours.tokens
         assert plain.cost == pytest.approx(SETTINGS.requests * ours.cost)
+        # The transport's own estimate: the calls it saved, at the list price the API billed.
+        assert plain.cost_saved is None
+        assert float(ours.cost_saved or 0) == pytest.approx(plain.cost - ours.cost)
         assert plain.answers == ours.answers
         assert len(ours.answers) == 1
     assert [row.mode for row in rows] == ["buffered JSON"] * 2 + ["streamed (SSE)"] * 2
 
 
-def test_the_demo_prints_the_table_and_labels_the_prices_as_its_own(
+def test_the_demo_prints_the_table_and_the_real_list_prices_it_bills_at(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert demo.main(["--requests", "3", "--latency", "0", "--rpm", "6000"]) == 0
@@ -43,8 +48,11 @@ def test_the_demo_prints_the_table_and_labels_the_prices_as_its_own(
     assert "| upstream calls |" in out
     assert "429s" in out
     assert "est. cost" in out
-    assert "the demo's own made-up prices" in out
-    assert "not any provider's" in out
+    assert f"at OpenAI's list prices for '{demo.MODEL}'" in out
+    price = demo.list_price()
+    assert f"${price.input_per_million:.2f} per million input tokens" in out
+    assert f"genai-prices {importlib.metadata.version('genai-prices')}" in out
+    assert "stats().cost_saved" in out
 
 
 @pytest.mark.parametrize(
