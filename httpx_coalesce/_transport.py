@@ -18,6 +18,7 @@ import httpx
 
 from ._backend import AsyncSend, Backend, SyncSend, bind_backend
 from ._flight import Abandoned, Flight, FlightTable, Seat
+from ._hishel import keyed_per_credential
 from ._key import DEFAULT_IGNORED_HEADERS, KeyFunction, KeyRules, is_credential
 from ._library import Library, library_of, library_of_transport
 from ._limits import Limits
@@ -107,7 +108,8 @@ class CoalescingTransport(_Bases):
         # Pointing at the caller of CoalescingTransport(...): 1 is the warning's own
         # function, 2 this __init__.
         warn_kept_credentials(ignored_headers, stacklevel=3)
-        self._transport = transport
+        # hishel's cache keyed per credential, as this transport's flights are.
+        self._transport = keyed_per_credential(transport)
         self._methods = checked_methods
         self._rules = KeyRules(ignored_headers, ignored_fields)
         self._key_function = key
