@@ -70,11 +70,13 @@ class Pricer:
         """A flight of *key* ended; *calls* of its answer (maybe 0, if only the window
         keeps it) were not made. *url*: the request's httpx URL."""
         when = datetime.now(timezone.utc)
-        _submit(lambda: self._price_flight(key, body, content_type, url, calls, when))
+        if not _submit(lambda: self._price_flight(key, body, content_type, url, calls, when)) and calls:
+            self._unpriced(calls)
 
     def window_saved(self, key: str) -> None:
         """A window hit replayed the answer of *key*'s last flight: one call not made."""
-        _submit(lambda: self._price_window_hit(key))
+        if not _submit(lambda: self._price_window_hit(key)):
+            self._unpriced(1)
 
     def _price_flight(
         self, key: str, body: bytes, content_type: bytes, url: Any, calls: int, when: datetime
@@ -188,19 +190,24 @@ def _price_list() -> Any:
 
 
 # -- the worker -------------------------------------------------------------------------
+# One per process, for every transport: pricing is rare (shared LLM answers only) and
+# cheap, and one thread keeps a window hit's job after the job of the flight it replays.
 
 _jobs: queue.Queue[Callable[[], object]] = queue.Queue(maxsize=_BACKLOG)
 _worker: threading.Thread | None = None
 _worker_lock = threading.Lock()
 
 
-def _submit(job: Callable[[], object]) -> None:
+def _submit(job: Callable[[], object]) -> bool:
+    """Hand *job* to the worker; False if it is too far behind to take it."""
     if _worker is None:
         _start_worker()
     try:
         _jobs.put_nowait(job)
     except queue.Full:
         logger.debug("cost: %d answers waiting to be priced; this one is not", _BACKLOG)
+        return False
+    return True
 
 
 def _start_worker() -> None:
@@ -225,5 +232,4 @@ def _work() -> None:
 def wait_priced(timeout: float) -> bool:
     """Wait until every answer handed over so far is priced (for tests and the demo)."""
     done = threading.Event()
-    _submit(done.set)
-    return done.wait(timeout)
+    return _submit(done.set) and done.wait(timeout)

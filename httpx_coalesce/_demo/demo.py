@@ -30,7 +30,7 @@ from .server import LocalServer
 __all__ = ["MODEL", "Row", "Settings", "list_price", "main", "run", "table"]
 
 #: A real model, billed at its real list price.
-MODEL = "gpt-4o-mini"
+MODEL = "gpt-4o"
 PROVIDER = "openai"
 API_KEY = "sk-demo"
 
