@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from typing import Any
 
 import anyio
@@ -38,8 +39,17 @@ def make_transport(config: dict[str, Any]) -> CoalescingTransport:
 def stats_of(transport: CoalescingTransport) -> dict[str, Any]:
     stats = transport.stats()
     fields = {field.name: getattr(stats, field.name) for field in dataclasses.fields(stats)}
-    # The mappings (bypassed, tokens_saved_by_type) are read-only views: JSON wants dicts.
-    return {name: dict(value) if isinstance(value, Mapping) else value for name, value in fields.items()}
+    return {name: _plain(value) for name, value in fields.items()}
+
+
+def _plain(value: Any) -> Any:
+    """What JSON takes: the mappings (bypassed, tokens_saved_by_type...) are read-only views,
+    and a Decimal (cost_saved) goes as its exact text."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
 
 
 class Progress:
