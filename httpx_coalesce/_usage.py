@@ -102,34 +102,27 @@ def _read_stream(body: bytes) -> Answer:
 
 
 def _model_of(document: Any) -> str | None:
-    if not isinstance(document, dict):
-        return None
-    model = document.get("model")
-    if not isinstance(model, str):
-        for nested in ("response", "message"):
-            inner = document.get(nested)
-            if isinstance(inner, dict) and isinstance(inner.get("model"), str):
-                model = inner["model"]
-                break
-        else:
-            return None
-    return model
+    model = _field(document, "model")
+    return model if isinstance(model, str) else None
 
 
 def _usage_of(document: Any) -> dict[str, Any]:
+    usage = _field(document, "usage")
+    return usage if isinstance(usage, dict) else {}
+
+
+def _field(document: Any, name: str) -> Any:
+    """*document*'s *name*, or the one a level down: Responses API streams and Anthropic's
+    message_start nest theirs in ``response`` or ``message``."""
     if not isinstance(document, dict):
-        return {}
-    usage = document.get("usage")
-    if not isinstance(usage, dict):
-        # Responses API streams and Anthropic's message_start nest it one level down.
+        return None
+    value = document.get(name)
+    if value is None:
         for nested in ("response", "message"):
             inner = document.get(nested)
-            if isinstance(inner, dict) and isinstance(inner.get("usage"), dict):
-                usage = inner["usage"]
-                break
-        else:
-            return {}
-    return usage
+            if isinstance(inner, dict) and inner.get(name) is not None:
+                return inner[name]
+    return value
 
 
 def _tally(usages: list[dict[str, Any]]) -> Tokens:
