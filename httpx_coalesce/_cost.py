@@ -20,6 +20,8 @@ its tokens are counted on the path as before, by ``_usage``.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import queue
 import threading
@@ -217,11 +219,29 @@ def _start_worker() -> None:
             worker = threading.Thread(target=_work, name="httpx-coalesce-pricer", daemon=True)
             worker.start()
             _worker = worker
+            atexit.register(_stop_worker)
+
+
+_stopping = threading.Event()
+
+
+def _stop_worker() -> None:
+    """At exit: let the job at hand end (the first imports the price list) before the
+    interpreter tears modules down under it; the answers still waiting are not priced."""
+    _stopping.set()
+    worker = _worker
+    if worker is None:
+        return
+    with contextlib.suppress(queue.Full):
+        _jobs.put_nowait(_stopping.is_set)  # wakes a worker waiting on an empty queue
+    worker.join(timeout=2.0)
 
 
 def _work() -> None:
     while True:
         job = _jobs.get()
+        if _stopping.is_set():
+            return
         try:
             job()
         except Exception:
