@@ -167,8 +167,9 @@ Outcome = _Ended | UpstreamFailure | Stop | Moved
 
 #: Heartbeats a follower waits for a vanished lease to come back: a leader takes its
 #: lease again at its keeper's next tick once Redis answers (after a restart, a
-#: failover or an eviction lost it).
-_REACQUIRE_GRACE = 1.5
+#: failover or an eviction lost it), within a heartbeat and a round trip, or a tenth
+#: of a second once its keeper saw Redis fail.
+_REACQUIRE_GRACE = 2.0
 
 #: The first pause before a follower reads again after Redis failed; it doubles up to
 #: half a heartbeat, so a refused connection does not spin.

@@ -84,6 +84,9 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._closed = False
+        #: The last renewal failed: renew again soon, so a lease Redis lost (a restart)
+        #: is taken back well within the time its followers wait for it.
+        self._troubled = False
 
     def hold(self, lease: Lease) -> Hold:
         hold = Hold(self, lease)
@@ -109,9 +112,21 @@ class LeaseKeeper:
     def close(self) -> None:
         with self._condition:
             self._closed = True
+            holds = list(self._holds)
             self._holds.clear()
             self._condition.notify_all()
             thread, self._thread = self._thread, None
+        # A leader whose own callers are done may still owe followers elsewhere what
+        # Redis could not take: one last try (a few short round trips) before the
+        # process goes, rather than leave them a round with no end.
+        behind = [hold.publisher for hold in holds if hold.publisher is not None and hold.publisher.behind]
+        if behind and self._pid == os.getpid():
+            try:
+                ops = self._ops()
+            except RedisTrouble:
+                behind = []
+            for publisher in behind:
+                publisher.catch_up(ops)
         if thread is not None and thread is not threading.current_thread() and self._pid == os.getpid():
             thread.join(timeout=5.0)
 
@@ -124,7 +139,9 @@ class LeaseKeeper:
                 # a full lease and needs no renewal before it. Faster while a leader is
                 # behind: followers wait for what it could not write.
                 tick = self._interval
-                if any(hold.publisher is not None and hold.publisher.behind for hold in self._holds):
+                if self._troubled or any(
+                    hold.publisher is not None and hold.publisher.behind for hold in self._holds
+                ):
                     tick = min(tick, CATCH_UP_TICK)
                 deadline = time.monotonic() + tick
                 while not self._closed and (remaining := deadline - time.monotonic()) > 0:
@@ -140,11 +157,13 @@ class LeaseKeeper:
             held = self._ops().renew([hold.lease for hold in holds], self._lease_ms, self._stream_ttl_ms)
         except RedisTrouble as trouble:
             # The leases may now run out; their leaders learn it at their next append.
+            self._troubled = True
             self._on_trouble(trouble)
             for hold in holds:
                 if hold.publisher is not None and hold.publisher.overdue():
                     self.drop(hold)
             return
+        self._troubled = False
         for hold, still in zip(holds, held, strict=True):
             if not still:
                 if hold.publisher is not None:

@@ -12,6 +12,7 @@ response, none gets an error, and the upstream is called once.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,9 +33,11 @@ from httpx_coalesce.redis import RedisBackend
 from ..conftest import until, until_sync
 from ..support.redis_server import RedisServer
 from ..upstream import Upstream
-from .conftest import StartRedis, blocked_readers
+from .conftest import StartRedis, Worker, blocked_readers
 from .faults import FaultProxy, restart
 from .servers import Sentinel
+from .test_fleet import PATIENCE, MakeWorker, bodies, joined, total
+from .test_fleet import config as fleet_config
 
 asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
 
@@ -383,3 +386,56 @@ async def test_streaming_follower_resumes_after_a_sentinel_failover(
     assert leader_error is None
     assert outcomes["follower"] == (leader_body, None)
     assert upstream.hits["/sse"] == 1
+
+
+#: Worker processes of every kind (tests/redis/worker.py): asyncio, threads, trio, httpx2.
+KINDS: list[dict[str, Any]] = [
+    {"mode": "asyncio"},
+    {"mode": "sync"},
+    {"mode": "trio"},
+    {"mode": "asyncio", "library": "httpx2"},
+]
+
+
+@pytest.mark.parametrize("answer", ["streamed", "buffered"])
+@pytest.mark.parametrize("fault", ["restart", "blackhole"])
+def test_a_fleet_of_processes_rides_out_a_redis_fault_with_one_upstream_call(
+    fault: str, answer: str, upstream: Upstream, base_url: str, rig: Rig, fleet: MakeWorker
+) -> None:
+    """Four processes of every kind, 25 callers each; the fault once every follower
+    process waits in Redis (streamed: every caller has its first event). Pass: every
+    caller gets the whole answer, none an error, with one upstream call."""
+    upstream.hold()
+    streamed = answer == "streamed"
+    path, method = ("/sse?events=3&hold=1", "GET") if streamed else ("/echo", "POST")
+
+    def start(kind: dict[str, Any]) -> Worker:
+        return fleet(fleet_config(base_url, rig.proxy.url, "blip:", path, method, lease=LEASE, **kind))
+
+    leader = start(KINDS[0])
+    until_sync(lambda: upstream.total == 1, PATIENCE)
+    others = [start(kind) for kind in KINDS[1:]]
+    workers = [leader, *others]
+    watcher = rig.client()
+
+    def ready() -> bool:
+        waiting = all(w.has("first") for w in workers) if streamed else joined(workers)
+        return waiting and blocked_readers(watcher, "blip:fleet") == len(others)
+
+    until_sync(ready, PATIENCE)
+    watcher.close()
+    [token] = rig.leases()
+    if fault == "restart":
+        rig.proxy.reset()
+        rig.server = restart(rig.server, rig.start)
+        until_sync(lambda: rig.leases() == [token], PATIENCE)
+    else:
+        rig.proxy.blackhole()
+        time.sleep(1.5 * LEASE)  # the fault itself: a cut network, longer than the lease
+        rig.proxy.heal()
+    upstream.gate.set()
+
+    dones = [worker.done() for worker in workers]
+    assert len({body for done in dones for body in bodies(done)}) == 1
+    assert upstream.total == 1
+    assert total(dones, "upstream_calls") == 1

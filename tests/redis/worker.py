@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 import sys
 import threading
 import time
@@ -159,6 +161,10 @@ def run_sync(config: dict[str, Any], library: Any) -> None:
 
 def main() -> None:
     config: dict[str, Any] = json.loads(sys.argv[1])
+    if os.environ.get("FLEET_DEBUG"):
+        logging.basicConfig(level=logging.DEBUG, format="%(relativeCreated)d %(threadName)s %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        logging.getLogger("httpcore").setLevel(logging.WARNING)
     library = __import__(config.get("library", "httpx"))
     mode = config.get("mode", "asyncio")
     if mode == "sync":
