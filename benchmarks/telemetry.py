@@ -50,15 +50,11 @@ def _transport(kind: str) -> CoalescingTransport:
         return CoalescingTransport(
             InProcessUpstream(httpx), meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()])
         )
-    transport = CoalescingTransport(InProcessUpstream(httpx))
     if kind.startswith("off"):
-        # As without opentelemetry-api installed: nothing to probe, no span to look at.
-        counters = transport._counters
-        counters.recorder.probe = None
-        counters.recorder.telemetry = None
-        counters._note_span = None
-    else:
-        assert transport._counters.recorder.probe is not None, "a global MeterProvider is set"
+        # The off switch: as without opentelemetry-api, nothing to probe, no span to look at.
+        return CoalescingTransport(InProcessUpstream(httpx), telemetry=False)
+    transport = CoalescingTransport(InProcessUpstream(httpx))
+    assert transport._counters.recorder.probe is not None, "a global MeterProvider is set"
     return transport
 
 

@@ -18,10 +18,9 @@ from collections.abc import Iterable
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-import httpx
-
 from ._backend import Backend
 from ._key import CREDENTIAL_HEADER_PREFIXES, CREDENTIAL_HEADERS, KeyFunction, is_credential
+from ._library import NAMES
 from ._limits import Limits
 from ._telemetry import available as otel_available
 from ._telemetry import is_meter_provider
@@ -36,6 +35,7 @@ __all__ = [
     "check_methods",
     "check_names",
     "check_opt_out_header",
+    "check_telemetry",
     "check_transport",
     "check_window",
     "kept_credentials",
@@ -186,18 +186,25 @@ def check_opt_out_header(value: object) -> str:
 
 
 def _client_library(value: object) -> str | None:
-    """Which library (httpx or httpx2) *value* is a client of, if it is one."""
-    if isinstance(value, httpx.Client | httpx.AsyncClient):
-        return "httpx"
-    # httpx2 is optional; a client of it can only exist once it is imported.
-    httpx2 = sys.modules.get("httpx2")
-    if httpx2 is not None and isinstance(value, httpx2.Client | httpx2.AsyncClient):
-        return "httpx2"
+    """Which library (httpx or httpx2) *value* is a client of, if it is one.
+
+    Told from its classes' names and modules, not from the libraries themselves: this
+    package never imports httpx (see ``_library``), and whatever is in
+    ``sys.modules["httpx"]`` now may not be what made *value*.
+    """
+    for cls in type(value).__mro__:
+        library = cls.__module__.partition(".")[0]
+        if library in NAMES and cls.__name__ in ("Client", "AsyncClient"):
+            return library
     return None
 
 
 def check_transport(value: object) -> Any:
-    """An inner transport of httpx or httpx2 (sync, async or both), or None."""
+    """An inner transport (sync, async or both), or None.
+
+    Of either library, whatever the client's: clients duck-type their transport (they
+    only call ``handle_request``/``handle_async_request``), and so does this one.
+    """
     if value is None:
         return None
     if isinstance(value, type):
@@ -336,3 +343,16 @@ def check_meter_provider(value: object) -> Any:
         f"meter_provider must be an opentelemetry.metrics.MeterProvider, such as "
         f"opentelemetry.sdk.metrics.MeterProvider(metric_readers=[...]), not {_given(value)}{hint}"
     )
+
+
+def check_telemetry(value: object, meter_provider: object) -> bool:
+    """Whether to use OpenTelemetry at all: True (metrics and span notes when it is
+    installed) or False (never a call into it)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"telemetry must be True or False, not {_given(value)}")
+    if not value and meter_provider is not None:
+        raise ValueError(
+            "telemetry=False turns every OpenTelemetry call off, metrics included: it cannot "
+            f"go with a meter_provider (got {_given(meter_provider)}); drop one of them"
+        )
+    return value

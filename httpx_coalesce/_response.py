@@ -224,37 +224,43 @@ def extensions(head: Head, info: CoalesceInfo) -> dict[str, Any]:
 def build_response(library: Library, seat: Seat, head: Head, request: Any, is_async: bool) -> Any:
     flight = seat.flight
     info = CoalesceInfo(leader=seat.leader, callers=flight.joined, flight_id=flight.id)
+    if seat.leader:
+        upstream = flight.take_upstream_response()
+        if isinstance(upstream, library.Response):
+            # The leader's own request was the one sent: it gets the very response its
+            # transport made (headers, extensions and all, as alone).
+            if hasattr(upstream, "_content"):
+                # Already read by its transport (MockTransport's and respx's content=,
+                # a cache's): it serves read() and iter_bytes() from its content, as
+                # alone, and needs no seat to read the shared body.
+                seat.leave()
+                upstream.extensions["coalesce"] = info
+                return upstream
+            if not upstream.is_stream_consumed and not upstream.is_closed:
+                upstream.stream = _stream_of(library, seat, request, is_async)
+                upstream.extensions["coalesce"] = info
+                return upstream
+    return library.Response(
+        head.status,
+        headers=head.headers_in(library.module, seat.leader),
+        stream=_stream_of(library, seat, request, is_async),
+        request=request,
+        extensions=extensions(head, info),
+    )
+
+
+def _stream_of(library: Library, seat: Seat, request: Any, is_async: bool) -> Any:
+    """The caller's own stream over the shared body."""
+    flight = seat.flight
     with flight.lock:
         body = flight.replay.body() if flight.replay.complete and flight.replay.whole else None
     if body is not None:
         # The body is all here (the usual case: a buffered response): the caller needs
         # no seat to read it, only the one shared bytes object.
         seat.leave()
-        stream = library.stream_class(_BodyStream, is_async)(body)
-    else:
-        cls = library.stream_class(_AsyncSeatStream if is_async else _SyncSeatStream, is_async)
-        stream = cls(seat, request, library)
-    if seat.leader:
-        upstream = flight.take_upstream_response()
-        if (
-            isinstance(upstream, library.Response)
-            and not upstream.is_stream_consumed
-            and not upstream.is_closed
-        ):
-            # The leader's own request was the one sent: it gets the very response its
-            # transport made (headers, extensions and all, as alone), reading the shared
-            # body. (A response its transport already read, as MockTransport's are,
-            # cannot be streamed again: it gets a copy like everyone, which can.)
-            upstream.stream = stream
-            upstream.extensions["coalesce"] = info
-            return upstream
-    return library.Response(
-        head.status,
-        headers=head.headers_in(library.module, seat.leader),
-        stream=stream,
-        request=request,
-        extensions=extensions(head, info),
-    )
+        return library.stream_class(_BodyStream, is_async)(body)
+    cls = library.stream_class(_AsyncSeatStream if is_async else _SyncSeatStream, is_async)
+    return cls(seat, request, library)
 
 
 def build_body_response(

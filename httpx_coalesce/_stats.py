@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ._cost import Price, Pricer
-from ._telemetry import Recorder, span_noter
+from ._telemetry import Recorder
 from ._usage import Tokens
 
 __all__ = ["CoalesceStats", "Counters"]
@@ -94,10 +94,9 @@ class Counters:
         self._bypassed: Counter[str] = Counter()
         self._tokens: Counter[str] = Counter()
         self._cost: dict[str, Decimal] = {}
-        #: Where metrics go: ``recorder.telemetry`` is None while nothing records them.
+        #: Where metrics and span notes go: its fields are None while nothing records
+        #: them (no OpenTelemetry, or ``telemetry=False``).
         self.recorder = Recorder()
-        #: Notes a request's outcome on the caller's span; None without OpenTelemetry.
-        self._note_span = span_noter()
         #: Prices shared LLM answers, off the callers' path.
         self.pricer = Pricer(self.cost_saved, self._unpriced)
 
@@ -124,7 +123,7 @@ class Counters:
         telemetry = self.recorder.telemetry
         if telemetry is not None:
             telemetry.request(outcome, reason, request)
-        note_span = self._note_span
+        note_span = self.recorder.note_span
         if note_span is not None:
             note_span(outcome, reason, flight_id, callers)
 

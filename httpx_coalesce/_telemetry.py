@@ -19,10 +19,17 @@ here as totals by attribute values and observed at collection, as are
 ``flights.active`` and ``waiters.active`` (from the figures ``stats()`` reads): an SDK's
 synchronous ``add`` costs 2.5-5 µs. Rarer events (a flight shared, bytes, tokens and
 cost saved, a backend error) are recorded as they happen.
+
+Telemetry never fails a request: every call into OpenTelemetry made on a request's way
+(a broken provider, context or span, an SDK test that forbids the calls) is guarded, and
+what it raises is logged once (``_failed``) and dropped. ``CoalescingTransport(
+telemetry=False)`` makes no call into OpenTelemetry at all: ``connect`` is never called,
+and the recorder stays empty.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -52,6 +59,8 @@ __all__ = [
 ]
 
 METER_NAME = "httpx_coalesce"
+
+logger = logging.getLogger("httpx_coalesce")
 
 # Attribute names: OpenTelemetry's semantic conventions where one exists.
 OUTCOME = "httpx_coalesce.outcome"
@@ -95,6 +104,27 @@ INSTRUMENTS: tuple[tuple[str, str, str, str], ...] = (
 _SPEC = {name: (unit, description) for name, _, unit, description in INSTRUMENTS}
 # Callers of one shared flight: two is the common case, and a bucket of its own.
 _CALLER_BUCKETS = (2, 3, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10_000)
+
+
+_failures_logged = False
+
+
+def _failed(what: str) -> None:
+    """Log (with its traceback, the first time only) that an OpenTelemetry call failed.
+
+    Called from an ``except`` block. Once only: a broken provider fails on every
+    request, and a log line per request would bury the application's own.
+    """
+    global _failures_logged
+    if _failures_logged:
+        logger.debug("OpenTelemetry failed %s; the request went on without it", what, exc_info=True)
+        return
+    _failures_logged = True
+    logger.warning(
+        "OpenTelemetry failed %s; requests go on without it (logged once; telemetry=False turns it off)",
+        what,
+        exc_info=True,
+    )
 
 
 def available() -> bool:
@@ -204,24 +234,41 @@ class Telemetry:
             counts = self._upstream
             counts[key] = counts.get(key, 0) + 1
 
+    # The instruments below are the provider's: each call is guarded (see the module).
+
     def flight_ended(self, callers: int) -> None:
-        self._callers.record(callers)
+        try:
+            self._callers.record(callers)
+        except Exception:
+            _failed("recording flight.callers")
 
     def bytes_saved(self, amount: int) -> None:
-        self._bytes.add(amount)
+        try:
+            self._bytes.add(amount)
+        except Exception:
+            _failed("recording bytes_saved")
 
     def tokens_saved(self, by_type: Mapping[str, int]) -> None:
         """*by_type*: ``Tokens.by_type()``, non-zero counts by ``gen_ai.token.type``."""
-        for kind, count in by_type.items():
-            self._tokens.add(count, {TOKEN_TYPE: kind})
+        try:
+            for kind, count in by_type.items():
+                self._tokens.add(count, {TOKEN_TYPE: kind})
+        except Exception:
+            _failed("recording tokens_saved")
 
     def cost_saved(self, usd: Decimal, provider: str, model: str) -> None:
         """*provider* and *model*: the price list's ids, a finite set (never the raw
         model name an answer gave, which could be anything)."""
-        self._cost.add(float(usd), {PROVIDER: provider, MODEL: model})
+        try:
+            self._cost.add(float(usd), {PROVIDER: provider, MODEL: model})
+        except Exception:
+            _failed("recording cost_saved")
 
     def backend_error(self, kind: str) -> None:
-        self._errors.add(1, {ERROR_TYPE: kind})
+        try:
+            self._errors.add(1, {ERROR_TYPE: kind})
+        except Exception:
+            _failed("recording backend.errors")
 
 
 # One Telemetry per provider; weakly, so a provider a test drops is not kept alive.
@@ -253,13 +300,16 @@ def _global_provider() -> MeterProvider | None:
 
 
 class Recorder:
-    """What ``Counters`` needs to know: where to record, and how to find out later."""
+    """What ``Counters`` needs to know: where to record, how to find out later, and how
+    to note a request on its caller's span. All None until ``connect``, and for good
+    without OpenTelemetry or with ``telemetry=False``."""
 
-    __slots__ = ("probe", "telemetry")
+    __slots__ = ("note_span", "probe", "telemetry")
 
     def __init__(self) -> None:
         self.telemetry: Telemetry | None = None
         self.probe: Callable[[], None] | None = None
+        self.note_span: Callable[[str, str | None, str | None, int], None] | None = None
 
 
 def _record_in(
@@ -276,12 +326,28 @@ def connect(
     owner: object,
     load: Callable[[Any], tuple[int, int]],
 ) -> None:
-    """Set *recorder* up for *meter_provider*, or for the global provider if None.
+    """Set *recorder* up for *meter_provider*, or for the global provider if None, and
+    for span notes.
 
-    *owner*'s flights (``load(owner)``) are what the observed instruments count.
+    *owner*'s flights (``load(owner)``) are what the observed instruments count. A
+    failure leaves the metrics off (logged once): the transport works without them.
     """
     if otel_metrics is None:
         return
+    try:
+        recorder.note_span = span_noter()
+        _connect_metrics(recorder, meter_provider, owner, load)
+    except Exception:
+        recorder.telemetry = recorder.probe = None
+        _failed("setting up")
+
+
+def _connect_metrics(
+    recorder: Recorder,
+    meter_provider: MeterProvider | None,
+    owner: object,
+    load: Callable[[Any], tuple[int, int]],
+) -> None:
     if meter_provider is not None:
         _record_in(recorder, meter_provider, owner, load)
         return
@@ -306,7 +372,10 @@ def connect(
         recorder.probe = None
         target = owner_ref()
         if target is not None:
-            _record_in(recorder, found, target, load)
+            try:
+                _record_in(recorder, found, target, load)
+            except Exception:
+                _failed("setting up metrics on the global MeterProvider")
 
     recorder.probe = probe
 
@@ -322,24 +391,27 @@ def span_noter() -> Callable[[str, str | None, str | None, int], None] | None:
     client = otel_trace.SpanKind.CLIENT
 
     def note(outcome: str, reason: str | None, flight_id: str | None, callers: int) -> None:
-        span = get_current_span()
-        if not span.is_recording():
-            return
-        attributes: dict[str, str | int] = {OUTCOME: outcome}
-        if reason is not None:
-            attributes[BYPASS_REASON] = reason
-        if flight_id is not None:
-            attributes[FLIGHT_ID] = flight_id
-        if callers:
-            attributes[CALLERS] = callers
-        # A client span is this request's own (httpx's instrumentation, an SDK's): its
-        # attributes say how it was answered. Any other span (a server's request span,
-        # the application's own) may cover many requests, each overwriting the last:
-        # there it is an event per request.
-        if getattr(span, "kind", client) is client:
-            span.set_attributes(attributes)
-        else:
-            span.add_event("httpx_coalesce.request", attributes)
+        try:
+            span = get_current_span()
+            if not span.is_recording():
+                return
+            attributes: dict[str, str | int] = {OUTCOME: outcome}
+            if reason is not None:
+                attributes[BYPASS_REASON] = reason
+            if flight_id is not None:
+                attributes[FLIGHT_ID] = flight_id
+            if callers:
+                attributes[CALLERS] = callers
+            # A client span is this request's own (httpx's instrumentation, an SDK's): its
+            # attributes say how it was answered. Any other span (a server's request span,
+            # the application's own) may cover many requests, each overwriting the last:
+            # there it is an event per request.
+            if getattr(span, "kind", client) is client:
+                span.set_attributes(attributes)
+            else:
+                span.add_event("httpx_coalesce.request", attributes)
+        except Exception:
+            _failed("noting a request on its span")
 
     return note
 

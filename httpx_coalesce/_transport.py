@@ -14,13 +14,11 @@ from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
 
-import httpx
-
 from ._backend import AsyncSend, Backend, SyncSend, bind_backend
 from ._flight import Abandoned, Flight, FlightTable, Seat
 from ._hishel import keyed_per_credential
 from ._key import DEFAULT_IGNORED_HEADERS, KeyFunction, KeyRules, is_credential
-from ._library import Library, library_of, library_of_transport
+from ._library import Library, library_of
 from ._limits import Limits
 from ._replay import Head
 from ._request import Inspection, body_in_memory, inspect, request_parts, url_parts
@@ -34,18 +32,21 @@ from ._usage import MAX_PARSED, Tokens, tokens_in
 from ._window import Window, WindowEntry, shareable_later
 
 if TYPE_CHECKING:
+    import httpx
     import httpx2
     from opentelemetry.metrics import MeterProvider
 
     # For type checkers the transport is a transport of both libraries; at run time
-    # it serves them through duck typing, since httpx2 is optional.
+    # it serves them through duck typing, as clients use their transports: inheriting
+    # from httpx would mean importing it, which httpx2.alias_httpx() forbids before it
+    # is called (see _library).
     class _Bases(  # type: ignore[misc]
         httpx.BaseTransport, httpx.AsyncBaseTransport, httpx2.BaseTransport, httpx2.AsyncBaseTransport
     ):
         pass
 else:
 
-    class _Bases(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    class _Bases:
         pass
 
 
@@ -77,6 +78,7 @@ class CoalescingTransport(_Bases):
         limits: Limits | None = None,
         opt_out_header: str = "x-coalesce",
         meter_provider: MeterProvider | None = None,
+        telemetry: bool = True,
     ) -> None:
         # Every argument is checked before anything is stored: a wrong one met at the
         # first request reads as an unrelated error far from its cause, or as nothing
@@ -90,6 +92,7 @@ class CoalescingTransport(_Bases):
             check_methods,
             check_names,
             check_opt_out_header,
+            check_telemetry,
             check_transport,
             check_window,
             warn_kept_credentials,
@@ -105,6 +108,7 @@ class CoalescingTransport(_Bases):
         checked_limits = check_limits(limits)
         opt_out_name = check_opt_out_header(opt_out_header)
         provider = check_meter_provider(meter_provider)
+        use_telemetry = check_telemetry(telemetry, provider)
         # Pointing at the caller of CoalescingTransport(...): 1 is the warning's own
         # function, 2 this __init__.
         warn_kept_credentials(ignored_headers, stacklevel=3)
@@ -118,14 +122,14 @@ class CoalescingTransport(_Bases):
         self._window = Window(seconds, self._limits.window_entries, self._limits.window_bytes)
         self._counters = Counters()
         # Metrics through *provider*, else the global MeterProvider (see _telemetry).
-        connect(self._counters.recorder, provider, self, CoalescingTransport._load)
+        if use_telemetry:
+            connect(self._counters.recorder, provider, self, CoalescingTransport._load)
         self._defaults: dict[tuple[str, bool], Any] = {}
         self._defaults_lock = threading.Lock()
         self._sync_table = FlightTable(self._limits, self._counters, ThreadSignal, self._finished)
         self._async_tables: weakref.WeakKeyDictionary[object, FlightTable] = weakref.WeakKeyDictionary()
         self._last_async_table: tuple[weakref.ref[asyncio.AbstractEventLoop], FlightTable] | None = None
         self._body_pumps: concurrent.futures.ThreadPoolExecutor | None = None
-        self._inner_library = library_of_transport(transport)
         self._backend = backend
         if backend is not None:
             bind_backend(backend, self._counters, self._limits, seconds)
@@ -230,7 +234,6 @@ class CoalescingTransport(_Bases):
         if probe is not None:  # OpenTelemetry is here, but no MeterProvider yet
             probe()
         library = library_of(request)
-        self._check_library(library)
         return library, self._key_of(request)
 
     def _enter(
@@ -483,16 +486,6 @@ class CoalescingTransport(_Bases):
             # No thread to be had (the interpreter is shutting down): the body is pumped
             # here, before the leader returns, rather than sent again or lost.
             job()
-
-    def _check_library(self, library: Library) -> None:
-        """A request of one library cannot go through a transport of the other."""
-        expected = self._inner_library
-        if expected is not None and expected != library.name:
-            raise TypeError(
-                f"CoalescingTransport: a {library.name} client cannot send through an inner "
-                f"{expected} transport ({type(self._transport).__name__}); give it a {library.name} "
-                f"transport, such as {library.name}.AsyncHTTPTransport() or {library.name}.HTTPTransport()"
-            )
 
     def _from_window(self, key: str, request: Any, library: Library, is_async: bool) -> Any:
         entry = self._window.get(key)

@@ -63,8 +63,8 @@ import httpx
 from httpx_coalesce import CoalescingTransport
 
 transport = CoalescingTransport(httpx.MockTransport(lambda request: httpx.Response(200, json={})))
-counters = transport._counters
-assert (counters.recorder.telemetry, counters.recorder.probe, counters._note_span) == (None, None, None)
+recorder = transport._counters.recorder
+assert (recorder.telemetry, recorder.probe, recorder.note_span) == (None, None, None)
 with httpx.Client(transport=transport) as client:
     assert client.get("http://upstream.test/").status_code == 200
 assert transport.stats().upstream_calls == 1
