@@ -23,7 +23,7 @@ from typing import Any
 
 import anyio
 
-__all__ = ["LOCAL", "TENANT", "Call", "Fault", "Recorder", "recording_transport"]
+__all__ = ["LOCAL", "TENANT", "Call", "Fault", "Recorder", "forwarding_transport", "recording_transport"]
 
 #: What a caller sets before it sends; the inner transport reads it where it runs.
 TENANT: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="<unset>")
@@ -280,3 +280,53 @@ def recording_transport(
         body = _library_class(_SyncBody, lib.SyncByteStream)
         real = lib.HTTPTransport(verify=False)
     return cls(real, recorder, fault, probe, body), recorder
+
+
+class _SyncForwarding:
+    """A transport that forwards every call to another, whatever its library."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def handle_request(self, request: Any) -> Any:
+        return self._inner.handle_request(request)
+
+    def __enter__(self) -> Any:
+        self._inner.__enter__()
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        self._inner.__exit__(*args)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _AsyncForwarding:
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: Any) -> Any:
+        return await self._inner.handle_async_request(request)
+
+    async def __aenter__(self) -> Any:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *args: Any) -> None:
+        await self._inner.__aexit__(*args)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def forwarding_transport(inner: Any, lib: ModuleType, is_async: bool) -> Any:
+    """*inner* behind a transport of *lib*'s classes that forwards every call to it.
+
+    Made with the other library than *inner*'s, it is the OpenAI SDK's workload-identity
+    transport: an ``httpx2.BaseTransport`` under an httpx client, forwarding to the
+    caller's own httpx transport. Clients accept it, as they duck-type their transport.
+    """
+    if is_async:
+        return _library_class(_AsyncForwarding, lib.AsyncBaseTransport)(inner)
+    return _library_class(_SyncForwarding, lib.BaseTransport)(inner)

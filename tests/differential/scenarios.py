@@ -23,7 +23,7 @@ import hashlib
 import threading
 import time
 import traceback as tracebacks
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -38,7 +38,7 @@ from httpx_coalesce._stats import CoalesceStats
 
 from ..support.ports import free_port
 from . import recording
-from .recording import LOCAL, TENANT, Fault, Recorder, recording_transport
+from .recording import LOCAL, TENANT, Fault, Recorder, forwarding_transport, recording_transport
 from .server import DifferentialServer, Gate
 
 __all__ = [
@@ -160,6 +160,9 @@ class Scenario:
     leave_with_error: bool = False
     #: Extra request headers.
     headers: tuple[tuple[str, str], ...] = ()
+    #: The inner transport is seen through a forwarding transport of the other library's
+    #: classes (see ``recording.forwarding_transport``).
+    forwarded_by_other_library: bool = False
 
     @property
     def is_async(self) -> bool:
@@ -342,6 +345,9 @@ class _Run:
         self.inner, self.recorder = recording_transport(
             self.lib, scenario.is_async, fault=fault, probe=self._probe
         )
+        if scenario.forwarded_by_other_library:
+            other = next((module for module in LIBRARIES.values() if module is not self.lib), self.lib)
+            self.inner = forwarding_transport(self.inner, other, scenario.is_async)
 
     def _probe(self, request: Any) -> object:
         # The caller whose request (or request stream: a redirect keeps it) is sent.
@@ -545,11 +551,18 @@ def _play(run: _Run, transport: Any) -> tuple[bool, list[str]]:
 
 
 def run(
-    scenario: Scenario, server: DifferentialServer, upload: Path, *, coalesce: bool, callers: int = 1
+    scenario: Scenario,
+    server: DifferentialServer,
+    upload: Path,
+    *,
+    coalesce: bool,
+    callers: int = 1,
+    options: Mapping[str, Any] | None = None,
 ) -> Outcome:
-    """Play *scenario* with *callers* identical callers, alone or coalesced."""
+    """Play *scenario* with *callers* identical callers, alone or coalesced (with the
+    transport's *options*)."""
     play = _Run(scenario, server, upload, callers)
-    transport = CoalescingTransport(transport=play.inner) if coalesce else play.inner
+    transport = CoalescingTransport(transport=play.inner, **(options or {})) if coalesce else play.inner
     try:
         hung, escaped = _play(play, transport)
     finally:
@@ -661,11 +674,11 @@ def _lifecycle_seen(run: _Run, event: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def alone_and_coalesced(
-    scenario: Scenario, server: DifferentialServer, upload: Path
+    scenario: Scenario, server: DifferentialServer, upload: Path, options: Mapping[str, Any] | None = None
 ) -> tuple[Outcome, Outcome]:
     return (
         run(scenario, server, upload, coalesce=False),
-        run(scenario, server, upload, coalesce=True),
+        run(scenario, server, upload, coalesce=True, options=options),
     )
 
 
@@ -677,9 +690,11 @@ def without_cookies(seen: CallerSeen) -> CallerSeen:
     return replace(seen, headers=headers, cookies=())
 
 
-def assert_invisible(scenario: Scenario, server: DifferentialServer, upload: Path) -> tuple[Outcome, Outcome]:
+def assert_invisible(
+    scenario: Scenario, server: DifferentialServer, upload: Path, options: Mapping[str, Any] | None = None
+) -> tuple[Outcome, Outcome]:
     """Run *scenario* alone and coalesced; a lone caller must not tell them apart."""
-    alone, together = alone_and_coalesced(scenario, server, upload)
+    alone, together = alone_and_coalesced(scenario, server, upload, options)
     # The harness itself: alone, nothing hangs and nothing escapes.
     assert not alone.seen.hung, "the bare inner transport hung: the scenario is wrong"
     assert alone.seen.escaped == (), "something escaped the bare run: the scenario is wrong"
@@ -693,14 +708,18 @@ def assert_invisible(scenario: Scenario, server: DifferentialServer, upload: Pat
 
 
 def alone_and_overlapping(
-    scenario: Scenario, server: DifferentialServer, upload: Path, callers: int = 3
+    scenario: Scenario,
+    server: DifferentialServer,
+    upload: Path,
+    callers: int = 3,
+    options: Mapping[str, Any] | None = None,
 ) -> tuple[CallerSeen, Outcome]:
     """Play *scenario* alone, then with overlapping identical callers: one call, made
     with the first caller's request in its context; nothing hangs, nothing escapes."""
     alone = run(scenario, server, upload, coalesce=False)
     assert not alone.seen.hung
     assert alone.seen.escaped == ()
-    together = run(scenario, server, upload, coalesce=True, callers=callers)
+    together = run(scenario, server, upload, coalesce=True, callers=callers, options=options)
     assert not together.seen.hung, together.seen
     assert together.seen.escaped == ()
     # One call, with the first caller's request, in the first caller's context.
@@ -761,11 +780,15 @@ def follower_error(scenario: Scenario) -> type[BaseException] | None:
 
 
 def assert_shared(
-    scenario: Scenario, server: DifferentialServer, upload: Path, callers: int = 3
+    scenario: Scenario,
+    server: DifferentialServer,
+    upload: Path,
+    callers: int = 3,
+    options: Mapping[str, Any] | None = None,
 ) -> tuple[CallerSeen, Outcome]:
     """Overlapping identical callers: the first sees what it saw alone, the others the
     same less its Set-Cookie, and, for an error, a fresh one caused by the original."""
-    alone, together = alone_and_overlapping(scenario, server, upload, callers)
+    alone, together = alone_and_overlapping(scenario, server, upload, callers, options)
     leader, *followers = together.seen.callers
     assert leader == alone
     error_type = follower_error(scenario)

@@ -8,7 +8,6 @@ differ is ``response.extensions["coalesce"]``, which is not compared.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import anyio
@@ -233,33 +232,3 @@ def test_only_the_opt_out_header_is_taken_off_a_request(
     assert together.seen.callers == alone.seen.callers
     assert together.stats is not None
     assert together.stats.upstream_calls == 1
-
-
-@pytest.mark.parametrize(("client_lib", "inner_lib"), [("httpx", "httpx2"), ("httpx2", "httpx")])
-@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
-def test_an_inner_transport_of_the_other_library_is_a_type_error_naming_both(
-    client_lib: str, inner_lib: str, is_async: bool, server: DifferentialServer
-) -> None:
-    client_module = LIBRARIES[client_lib]
-    inner_module = LIBRARIES[inner_lib]
-    inner, _ = recording_transport(inner_module, is_async)
-    transport = CoalescingTransport(transport=inner)
-    url = f"{server.url}/echo"
-
-    def post() -> None:
-        if is_async:
-
-            async def post_async() -> None:
-                async with client_module.AsyncClient(transport=transport) as client:
-                    await client.post(url, json={"q": 1})
-
-            asyncio.run(post_async())
-        else:
-            with client_module.Client(transport=transport) as client:
-                client.post(url, json={"q": 1})
-
-    with pytest.raises(TypeError) as raised:
-        post()
-    message = str(raised.value)
-    assert "httpx2" in message, message
-    assert "httpx" in message.replace("httpx2", ""), message
