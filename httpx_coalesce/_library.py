@@ -112,6 +112,20 @@ def _keep_imported() -> None:
             _keep(module)
 
 
+def _from_submodules(name: str) -> ModuleType:
+    """The library *name* gathered from its submodules' public names (each lists them in
+    ``__all__``, and the package re-exports them): what is left of it when
+    ``sys.modules[name]`` holds something else. Its classes are the real ones, so
+    responses and errors are those of the client that made the request."""
+    view = ModuleType(name)
+    for module_name, module in list(sys.modules.items()):
+        if module_name.startswith(name + ".") and module is not None:
+            for attribute in getattr(module, "__all__", ()):
+                if not hasattr(view, attribute) and hasattr(module, attribute):
+                    setattr(view, attribute, getattr(module, attribute))
+    return view
+
+
 def _resolve(cls: type[Any]) -> Library:
     for library in _known.values():
         if issubclass(cls, library.Request):
@@ -123,11 +137,17 @@ def _resolve(cls: type[Any]) -> Library:
     for name in names:
         if name not in NAMES:
             continue
+        module: object
         try:
             module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if _genuine(module) and issubclass(cls, module.Request):
+        except ImportError:  # sys.modules[name] is None: "not installed", for a test
+            module = None
+        if not (_genuine(module) and issubclass(cls, module.Request)):  # type: ignore[union-attr]
+            # sys.modules[name] was replaced after this request's class was made: the
+            # library is still whole in its submodules.
+            module = _from_submodules(name)
+        if _genuine(module) and issubclass(cls, module.Request):  # type: ignore[union-attr]
+            assert isinstance(module, ModuleType)
             return _keep(module)
     raise TypeError(
         f"CoalescingTransport: a request of class {cls.__module__}.{cls.__qualname__} is not of "
