@@ -79,7 +79,10 @@ async def one_call(client: httpx.AsyncClient, path: str, action: str, tally: Cou
                     tally["closed_unread"] += 1
                     return
                 got = b""
-                async for chunk in response.aiter_raw():
+                # aiter_bytes, not aiter_raw: a buffered answer is made with content=, so
+                # it arrives read, and the leader gets that very Response, as alone, whose
+                # raw stream is spent (aiter_raw would raise StreamConsumed, alone too).
+                async for chunk in response.aiter_bytes():
                     got += chunk
                     if action == "cancel_mid_body":
                         scope.cancel()
