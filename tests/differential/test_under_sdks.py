@@ -14,6 +14,8 @@ import logging
 import subprocess
 import sys
 import threading
+import time
+import traceback
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -109,8 +111,6 @@ def test_a_real_transport_of_the_other_library_fails_as_it_would_alone(
 
 
 def _frames(error: BaseException) -> Iterator[Any]:
-    import traceback
-
     yield from traceback.extract_tb(error.__traceback__)
 
 
@@ -145,13 +145,14 @@ def test_a_library_met_first_after_sys_modules_httpx_was_replaced_is_still_itsel
 ) -> None:
     # httpx_coalesce imported before httpx: it meets httpx first at a request, when
     # sys.modules["httpx"] already holds something else.
+    assert_program_invisible("replaced", stand_in, server.url)
+
+
+def assert_program_invisible(*args: str) -> None:
+    """Run ``alias_program.py`` with *args*: every scenario it plays is invisible."""
     program = ROOT / "tests" / "differential" / "alias_program.py"
     result = subprocess.run(
-        [sys.executable, str(program), "replaced", stand_in, server.url],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, str(program), *args], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all invisible" in result.stdout, result.stdout
@@ -164,16 +165,7 @@ def test_a_library_met_first_after_sys_modules_httpx_was_replaced_is_still_itsel
 def test_under_alias_httpx_every_request_is_the_same_alone_and_coalesced(
     order: str, server: DifferentialServer
 ) -> None:
-    program = ROOT / "tests" / "differential" / "alias_program.py"
-    result = subprocess.run(
-        [sys.executable, str(program), order, "-", server.url],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "all invisible" in result.stdout, result.stdout
+    assert_program_invisible(order, "-", server.url)
 
 
 # -- a Response its transport already read -----------------------------------------------------
@@ -367,8 +359,6 @@ def test_followers_of_an_already_read_response_get_responses_of_their_own(lib: s
 
 
 def _until(condition: Callable[[], bool], within: float = 10.0) -> bool:
-    import time
-
     deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
