@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - httpx2 needs Python 3.11
 
 from .. import DEFAULT_IGNORED_HEADERS, CoalesceInfo, CoalescingTransport, Limits
 from ._config import CONFIG_ENV, NOT_ORIGIN_FORM, GatewayConfig
+from ._connections import upstream_transport
 from ._proxy import request_headers, response_headers, upstream_url
 
 if TYPE_CHECKING:
@@ -107,11 +108,7 @@ class Gateway:
             from ..redis import RedisBackend
 
             backend = RedisBackend.from_url(config.redis, prefix=config.redis_prefix)
-        inner = http.AsyncHTTPTransport(
-            limits=http.Limits(
-                max_connections=config.max_connections, max_keepalive_connections=config.max_connections
-            )
-        )
+        inner = upstream_transport(config.max_connections)
         return CoalescingTransport(
             transport=inner,
             backend=backend,
@@ -270,7 +267,7 @@ class Gateway:
             watcher.cancel()
 
     async def _relay(self, response: http.Response, send: Send, watch: _Watch) -> None:
-        headers = response_headers(response.headers.raw)
+        headers = response_headers(response.headers.raw, response.status_code)
         await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
         # With a known length the last chunk ends the response itself: one message less
         # for every buffered answer.

@@ -32,6 +32,9 @@ HOP_BY_HOP = frozenset(
 #: length from the body it was given); the client's copies would be wrong or doubled.
 _REWRITTEN = frozenset({b"host", b"content-length"})
 
+#: Statuses whose responses never have a body (RFC 9110 sections 15.3.5 and 15.4.5).
+_BODYLESS_STATUSES = frozenset({204, 304})
+
 
 def upstream_url(routes: Sequence[Route], raw_path: bytes, query: bytes) -> str | None:
     """The upstream URL for an origin-form target, or None when no route takes it.
@@ -105,14 +108,17 @@ def request_headers(
     return kept
 
 
-def response_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def response_headers(headers: Sequence[tuple[bytes, bytes]], status: int) -> list[tuple[bytes, bytes]]:
     """The upstream's headers as the client should get them.
 
     Content-Length stays: the body passes through as the upstream encoded it, so its
     length is the upstream's. Transfer-Encoding goes: the gateway's server frames the
-    body on its own connection.
+    body on its own connection. A 204 or 304 carries no body, so no length either (one
+    an upstream sent anyway would announce bytes that never come).
     """
     dropped = _connection_tokens(headers)
+    if status in _BODYLESS_STATUSES:
+        dropped = dropped | {b"content-length"}
     return [
         (name, value)
         for name, value in headers

@@ -25,6 +25,7 @@ from httpx_coalesce._demo.server import LocalServer
 
 from ..support.ports import free_port
 from ..upstream import Upstream
+from .hostile import HostileUpstream
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -173,3 +174,31 @@ def start_gateway() -> Iterator[Callable[..., GatewayProcess]]:
     yield start
     for process in started:
         process.close()
+
+
+@pytest.fixture(scope="session")
+def hostile_upstream() -> Iterator[HostileUpstream]:
+    upstream = HostileUpstream()
+    yield upstream
+    upstream.close()
+
+
+@pytest.fixture
+def hostile(hostile_upstream: HostileUpstream) -> HostileUpstream:
+    hostile_upstream.reset()
+    return hostile_upstream
+
+
+@pytest.fixture(scope="session")
+def hostile_gateway(hostile_upstream: HostileUpstream) -> Iterator[GatewayProcess]:
+    """A gateway in front of the misbehaving upstream (``/h``), and a second route (``/other``)
+    to the same upstream, to try escaping from one route into another."""
+    process = GatewayProcess(
+        "--route",
+        f"/h={hostile_upstream.url}/base",
+        "--route",
+        f"/other={hostile_upstream.url}/secret",
+        "--no-access-log",
+    )
+    yield process
+    process.close()
