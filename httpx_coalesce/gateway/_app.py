@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - httpx2 needs Python 3.11
 from .. import DEFAULT_IGNORED_HEADERS, CoalesceInfo, CoalescingTransport, Limits
 from ._config import CONFIG_ENV, NOT_ORIGIN_FORM, GatewayConfig
 from ._connections import upstream_transport
-from ._proxy import request_headers, response_headers, upstream_url
+from ._proxy import PathRefused, request_headers, response_headers, upstream_url
 
 if TYPE_CHECKING:
     from ._metrics import Metrics
@@ -187,7 +187,11 @@ class Gateway:
         if method == "CONNECT" or scope.get(NOT_ORIGIN_FORM):
             await _plain(send, 400, b"only paths are served: this is not a forward proxy\n")
             return 400, "refused"
-        url = upstream_url(self._routes, raw_path, scope.get("query_string", b""))
+        try:
+            url = upstream_url(self._routes, raw_path, scope.get("query_string", b""))
+        except PathRefused as error:
+            await _plain(send, 400, f"{error}\n".encode())
+            return 400, "refused"
         if url is None:
             await _plain(send, 404, b"no route for this path\n")
             return 404, "refused"

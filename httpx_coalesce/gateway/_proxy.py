@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 
 from ._config import Route
 
-__all__ = ["HOP_BY_HOP", "request_headers", "response_headers", "upstream_url"]
+__all__ = ["HOP_BY_HOP", "PathRefused", "request_headers", "resolve_path", "response_headers", "upstream_url"]
 
 #: Headers that describe one connection, not the message (RFC 9110 section 7.6.1), and
 #: the proxy's own credentials: never forwarded, either way.
@@ -36,32 +36,82 @@ _REWRITTEN = frozenset({b"host", b"content-length"})
 _BODYLESS_STATUSES = frozenset({204, 304})
 
 
-def upstream_url(routes: Sequence[Route], raw_path: bytes, query: bytes) -> str | None:
-    """The upstream URL for an origin-form target, or None when no route takes it.
+class PathRefused(ValueError):
+    """A path the gateway will not resolve: it is answered with 400."""
 
-    The path is used as the client sent it (still percent-encoded), so the upstream sees
-    the same bytes; a target that is not origin-form (``http://host/...``, ``host:443``,
-    ``*``) matches nothing.
+
+#: Never in a path the gateway forwards: an encoded slash or backslash means one thing
+#: to the gateway's route match and may mean another to the upstream's router.
+_AMBIGUOUS = (b"%2f", b"%5c", b"\\")
+
+
+def resolve_path(raw_path: bytes) -> str:
+    """*raw_path* with its dot-segments resolved (RFC 3986 section 5.2.4), still encoded.
+
+    Refused (PathRefused): a ``..`` that climbs above the root, a dot-segment written
+    with percent-escapes (``%2e%2e``), an encoded slash or backslash, a backslash.
     """
-    if not raw_path.startswith(b"/"):
-        return None
+    lowered = raw_path.lower()
+    if any(marker in lowered for marker in _AMBIGUOUS):
+        raise PathRefused("an encoded slash or a backslash in the path")
     try:
         path = raw_path.decode("ascii")
     except UnicodeDecodeError:
-        return None
+        raise PathRefused("a path is ASCII (percent-encode the rest)") from None
+    segments = path.split("/")[1:]
+    kept: list[str] = []
+    for segment in segments:
+        if segment == "..":
+            if not kept:
+                raise PathRefused("the path climbs above the root")
+            kept.pop()
+        elif segment == ".":
+            continue
+        elif "%" in segment and segment.replace("%2e", ".").replace("%2E", ".") in (".", ".."):
+            raise PathRefused("an encoded dot-segment in the path")
+        else:
+            kept.append(segment)
+    if segments and segments[-1] in (".", ".."):
+        kept.append("")  # "/a/b/.." is the directory "/a/", as RFC 3986 has it
+    return "/" + "/".join(kept)
+
+
+def _route_of(routes: Sequence[Route], path: str) -> tuple[Route, str] | None:
     for route in routes:
         prefix = route.prefix
         if prefix == "/":
-            rest = path
-        elif path == prefix or path.startswith(prefix + "/"):
-            rest = path[len(prefix) :] or ""
-        else:
-            continue
-        url = route.upstream + rest
-        if query:
-            url += "?" + query.decode("ascii", "replace")
-        return url
+            return route, path
+        if path == prefix or path.startswith(prefix + "/"):
+            return route, path[len(prefix) :]
     return None
+
+
+def upstream_url(routes: Sequence[Route], raw_path: bytes, query: bytes) -> str | None:
+    """The upstream URL for an origin-form target, or None when no route takes it.
+
+    The path's dot-segments are resolved first, so what reaches the upstream is what
+    was matched: the upstream's URL parser would resolve them after the match
+    otherwise, and ``/openai/../../etc/passwd`` would leave the route. A path whose
+    dot-segments move it out of the route its raw form names (``/a/../b/x``) is
+    refused (PathRefused), not sent to another route. The rest of the path is used as
+    the client sent it (still percent-encoded). A target that is not origin-form
+    (``http://host/...``, ``host:443``, ``*``) matches nothing.
+    """
+    if not raw_path.startswith(b"/"):
+        return None
+    path = resolve_path(raw_path)
+    found = _route_of(routes, path)
+    if path != raw_path.decode("ascii"):
+        named = _route_of(routes, raw_path.decode("ascii"))
+        if (named and named[0]) is not (found and found[0]):
+            raise PathRefused("the path's dot-segments leave its route")
+    if found is None:
+        return None
+    route, rest = found
+    url = route.upstream + rest
+    if query:
+        url += "?" + query.decode("ascii", "replace")
+    return url
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
