@@ -205,13 +205,35 @@ class KeyRules:
             canonical = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
         except (orjson.JSONDecodeError, orjson.JSONEncodeError, TypeError, RecursionError):
             return b"B" + body
-        # orjson writes one colon per member and never escapes one inside a string, so a
-        # body with more colons than its canonical form had duplicate keys: orjson kept
-        # the last, a server may keep the first, and two such bodies must not share.
-        # (Escaped colons also mismatch, harmlessly: keyed by bytes is never wrong.)
-        if body.count(b":") != canonical.count(b":") + dropped.count(b":"):
+        if _has_duplicate_keys(body, canonical.count(b":") + dropped.count(b":")):
             return b"B" + body
         return b"J" + canonical
+
+
+#: A colon written as an escape inside a string (``\u003a``), counted only when its
+#: backslash is not itself escaped (an even run of backslashes before it).
+_ESCAPED_COLON = re.compile(rb"(?<!\\)(?:\\\\)*\\u003[aA]")
+
+
+def _has_duplicate_keys(body: bytes, canonical_colons: int) -> bool:
+    """Whether a JSON *body* that parsed had a key twice in one object, exactly.
+
+    orjson keeps the last of duplicate keys, a server may keep the first, so two such
+    bodies must not share. Counted, not parsed again: every member of the text has one
+    colon outside strings; every colon inside a string is written plainly or as
+    ``\u003a``; orjson writes each member's colon and each string's colons plainly.
+    So the body's plain colons plus its escaped ones equal the canonical form's colons
+    exactly when no member was lost, and exceed them when a duplicate was dropped
+    (with its colon, and any colons of its value).
+    """
+    colons = body.count(b":")
+    if b"\\" in body:  # one memchr: without a backslash, no colon hides in an escape
+        escaped = body.count(b"\\u003a") + body.count(b"\\u003A")
+        if escaped and b"\\\\u003" in body:
+            # An escaped backslash before "u003a" is no escape: tell them apart.
+            escaped = len(_ESCAPED_COLON.findall(body))
+        colons += escaped
+    return colons != canonical_colons
 
 
 def _header_name(header: tuple[bytes, bytes]) -> bytes:
