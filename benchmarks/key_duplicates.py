@@ -45,7 +45,7 @@ def _colon_count(body: bytes, canonical_colons: int) -> bool:
 def _timed(guard: Callable[[bytes, int], bool], rules: KeyRules, body: bytes, calls: int) -> float:
     """µs per canonical_body call with *guard* as the duplicate-key check."""
     saved = _key._has_duplicate_keys
-    _key._has_duplicate_keys = guard
+    _key._has_duplicate_keys = guard  # type: ignore[assignment]
     try:
         started = time.perf_counter()
         for _ in range(calls):
