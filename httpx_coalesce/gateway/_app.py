@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ except ImportError:  # pragma: no cover - httpx2 needs Python 3.11
     http = httpx  # type: ignore[misc]
 
 from .. import DEFAULT_IGNORED_HEADERS, CoalesceInfo, CoalescingTransport, Limits
+from ._budget import connection_budget
 from ._config import CONFIG_ENV, NOT_ORIGIN_FORM, GatewayConfig
 from ._connections import upstream_transport
 from ._proxy import PathRefused, request_headers, response_headers, upstream_url
@@ -47,6 +49,7 @@ FORWARDING_HEADERS = frozenset({"x-forwarded-for", "x-forwarded-proto", "forward
 
 _BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+_ALLOWED = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 
 class _ClientGone(Exception):
@@ -87,6 +90,7 @@ class Gateway:
         }
         self._transport: CoalescingTransport | None = None
         self._metrics: Metrics | None = None
+        self._local_server: asyncio.Server | None = None
 
     @property
     def transport(self) -> CoalescingTransport:
@@ -108,7 +112,8 @@ class Gateway:
             from ..redis import RedisBackend
 
             backend = RedisBackend.from_url(config.redis, prefix=config.redis_prefix)
-        inner = upstream_transport(config.max_connections)
+        _, upstreams = connection_budget(config.max_client_connections, config.max_connections)
+        inner = upstream_transport(upstreams)
         return CoalescingTransport(
             transport=inner,
             backend=backend,
@@ -139,8 +144,16 @@ class Gateway:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.config.metrics_port is not None:
+                    try:
+                        await self._open_local_port(self.config.metrics_port)
+                    except OSError as error:
+                        await send({"type": "lifespan.startup.failed", "message": str(error)})
+                        return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._local_server is not None:
+                    self._local_server.close()
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -178,12 +191,18 @@ class Gateway:
         self, scope: Scope, method: str, raw_path: bytes, receive: Receive, send: Send
     ) -> tuple[int, str]:
         """Serve one request; return its status and outcome for the access log."""
-        if raw_path == b"/healthz" and method in ("GET", "HEAD"):
-            await _plain(send, 200, b"ok\n")
-            return 200, "local"
-        if raw_path == b"/metrics" and method == "GET":
-            await self._serve_metrics(send)
-            return 200, "local"
+        if self.config.metrics_port is None:
+            if raw_path == b"/healthz" and method in ("GET", "HEAD"):
+                await _plain(send, 200, b"ok\n")
+                return 200, "local"
+            if raw_path == b"/metrics" and method == "GET":
+                await self._serve_metrics(send)
+                return 200, "local"
+        if method == "TRACE":
+            # It would echo the request, credentials included, back to the page that
+            # sent it (nginx answers 405 too).
+            await _plain(send, 405, b"TRACE is not allowed\n", extra=[(b"allow", _ALLOWED)])
+            return 405, "refused"
         if method == "CONNECT" or scope.get(NOT_ORIGIN_FORM):
             await _plain(send, 400, b"only paths are served: this is not a forward proxy\n")
             return 400, "refused"
@@ -296,21 +315,63 @@ class Gateway:
         watch.finished = True
         await send({"type": "http.response.body", "body": b""})
 
-    async def _serve_metrics(self, send: Send) -> None:
+    def _render_metrics(self) -> tuple[bytes, bytes]:
+        """(content type, body) of one scrape."""
         if self._transport is None:
             self._transport = self._start()
         from ._metrics import CONTENT_TYPE
 
         assert self._metrics is not None
-        body = self._metrics.render()
+        return CONTENT_TYPE, self._metrics.render()
+
+    async def _serve_metrics(self, send: Send) -> None:
+        content_type, body = self._render_metrics()
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(b"content-type", CONTENT_TYPE), (b"content-length", str(len(body)).encode())],
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())],
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+    # -- the metrics port -------------------------------------------------------------
+
+    async def _open_local_port(self, port: int) -> None:
+        """/healthz and /metrics on a port of their own: outside the proxy port's
+        client limits, and out of sight of its clients. Every worker listens on it
+        (SO_REUSEPORT), as on the proxy port."""
+        self._local_server = await asyncio.start_server(
+            self._local_exchange, self.config.host, port, reuse_port=hasattr(socket, "SO_REUSEPORT")
+        )
+
+    async def _local_exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One request, one answer, then closed: all a health check or a scrape needs."""
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.config.client_header_timeout)
+            method, target = head.split(b" ", 2)[:2]
+            content_type, body, status = b"text/plain; charset=utf-8", b"not found\n", b"404 Not Found"
+            if target == b"/healthz" and method in (b"GET", b"HEAD"):
+                body, status = b"ok\n", b"200 OK"
+            elif target == b"/metrics" and method == b"GET":
+                (content_type, body), status = self._render_metrics(), b"200 OK"
+            writer.write(
+                b"HTTP/1.1 %s\r\ncontent-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+                % (status, content_type, len(body), b"" if method == b"HEAD" else body)
+            )
+            await writer.drain()
+        except (
+            TimeoutError,
+            asyncio.TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ValueError,
+        ):
+            pass
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
 
 
 class _Broken(Exception):
@@ -353,8 +414,10 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _plain(send: Send, status: int, body: bytes, close: bool = False) -> None:
-    headers = [*_TEXT, (b"content-length", str(len(body)).encode())]
+async def _plain(
+    send: Send, status: int, body: bytes, close: bool = False, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [*_TEXT, (b"content-length", str(len(body)).encode()), *(extra or ())]
     if close:
         # The rest of an unread body is not worth reading: end the connection.
         headers.append((b"connection", b"close"))

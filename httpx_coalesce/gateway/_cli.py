@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ._budget import raise_descriptor_limit
 from ._config import CONFIG_ENV, GatewayConfig, config_from_args
 
 __all__ = ["main", "serve"]
@@ -49,9 +50,9 @@ def _installed(module: str) -> bool:
 def _http_protocol() -> Any:
     if not _installed("httptools"):
         return "h11"
-    from ._protocol import OriginFormOnly
+    from ._protocol import GatewayProtocol
 
-    return OriginFormOnly
+    return GatewayProtocol
 
 
 def serve(config: GatewayConfig) -> int:
@@ -64,6 +65,9 @@ def serve(config: GatewayConfig) -> int:
     # Workers are fresh interpreters that import the app by name; they find their
     # settings here.
     os.environ[CONFIG_ENV] = config.to_json()
+    # Descriptors bound how many connections can be open at once: take what the
+    # system allows (workers inherit it), then fit the connection limits under it.
+    raise_descriptor_limit()
     uvicorn.run(
         _APP,
         factory=True,
@@ -73,7 +77,8 @@ def serve(config: GatewayConfig) -> int:
         # The fastest pair measured (benchmarks/gateway_servers.py); the pure-Python
         # ones where these cannot be installed.
         loop="uvloop" if _installed("uvloop") else "asyncio",
-        # h11 gives the app the target as sent, which the app refuses unless it is a path.
+        # Bounds a client's time, head and connections (see _protocol); h11 (without
+        # httptools) gives the app the target as sent, which it refuses unless a path.
         http=_http_protocol(),
         lifespan="on",
         log_config=_log_config(),
@@ -85,7 +90,8 @@ def serve(config: GatewayConfig) -> int:
         # The client address is the peer's: a client's own X-Forwarded-For is not
         # trusted to say who it is (it is kept, and ours appended, upstream).
         proxy_headers=False,
-        timeout_keep_alive=30,
+        # uvicorn types it int, and uses it as call_later's delay: a float works.
+        timeout_keep_alive=config.keepalive_timeout,  # type: ignore[arg-type]
     )
     return 0
 

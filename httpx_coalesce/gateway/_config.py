@@ -57,6 +57,26 @@ class GatewayConfig:
     read_timeout: float = 600.0
     write_timeout: float = 60.0
     pool_timeout: float = 60.0
+    # -- the client side, nginx-like (README's table of limits has nginx's beside) --
+    #: Seconds for a client to send its request head (nginx: client_header_timeout 60s).
+    client_header_timeout: float = 60.0
+    #: Seconds between two reads of a request body (nginx: client_body_timeout 60s).
+    client_body_timeout: float = 60.0
+    #: Seconds an idle keep-alive connection stays open (nginx: keepalive_timeout 75s).
+    keepalive_timeout: float = 75.0
+    #: Seconds a client may read nothing of its response (nginx: send_timeout 60s).
+    send_timeout: float = 60.0
+    #: Client connections per worker (nginx: worker_connections 512, upstreams included).
+    max_client_connections: int = 1024
+    #: Longest request line, in bytes: 414 past it (nginx: large_client_header_buffers 8k).
+    max_request_line: int = 8192
+    #: Largest request head (line and headers), in bytes: 431 past it (nginx: 4 x 8k).
+    max_header_bytes: int = 32768
+    #: Most header fields in one request: 431 past it (Envoy: 100; nginx has no count).
+    max_headers: int = 100
+    #: A port of its own for /healthz and /metrics, which the proxy port then forwards
+    #: like any path (None: both on the proxy port).
+    metrics_port: int | None = None
     forwarded_headers: bool = True
     access_log: bool = True
 
@@ -129,6 +149,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, not {text}")
+    return value
+
+
 def _route_arg(text: str) -> Route:
     try:
         return parse_route(text)
@@ -161,6 +188,23 @@ _OPTIONS: tuple[tuple[str, Any, str], ...] = (
     ("read-timeout", _positive_float, "seconds between upstream response bytes (504 past it)"),
     ("write-timeout", _positive_float, "seconds to send a request body upstream"),
     ("pool-timeout", _positive_float, "seconds to wait for a free upstream connection"),
+    ("client-header-timeout", _positive_float, "seconds for a client to send its request head"),
+    ("client-body-timeout", _positive_float, "seconds between two parts of a request body (408 past it)"),
+    ("keepalive-timeout", _positive_float, "seconds an idle client connection stays open"),
+    (
+        "send-timeout",
+        _positive_float,
+        "seconds a client may read nothing of its response; then dropped",
+    ),
+    (
+        "max-client-connections",
+        _positive_int,
+        "client connections per worker; past it idle ones are closed, then new ones get 503",
+    ),
+    ("max-request-line", _positive_int, "longest request line in bytes (414 past it)"),
+    ("max-header-bytes", _positive_int, "largest request head in bytes (431 past it)"),
+    ("max-headers", _positive_int, "most header fields in one request (431 past it)"),
+    ("metrics-port", _port, "serve /healthz and /metrics on this port only, not on the proxy port"),
 )
 _DEFAULTS = {field.name: field.default for field in fields(GatewayConfig)}
 
@@ -247,6 +291,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> GatewayConfig:
     for reserved in ("/healthz", "/metrics"):
         if reserved in prefixes:
             parser.error(f"{reserved} is the gateway's own path")
+    if args.metrics_port is not None and args.metrics_port == args.port:
+        parser.error("--metrics-port must differ from --port")
     # Longest prefix first: the first match is the most specific one.
     ordered = tuple(sorted(routes, key=lambda route: len(route.prefix), reverse=True))
     return GatewayConfig(
