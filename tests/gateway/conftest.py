@@ -8,11 +8,13 @@ One gateway process serves most tests (starting one costs about a second): it ro
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -33,7 +35,13 @@ ROOT = Path(__file__).resolve().parents[2]
 class GatewayProcess:
     """``python -m httpx_coalesce serve ARGS`` on a free port, ready once /healthz answers."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        timeout: float = 30.0,
+        descriptors: int | None = None,
+    ) -> None:
         self.port = free_port()
         # Closed in stop(), with the process whose standard error it holds.
         self._log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
@@ -43,13 +51,19 @@ class GatewayProcess:
             env={**os.environ, **(env or {})},
             stdout=subprocess.DEVNULL,
             stderr=self._log,
+            # A descriptor limit of its own (soft and hard), as `ulimit -n` would set.
+            preexec_fn=None if descriptors is None else partial(_limit_descriptors, descriptors),
         )
         deadline = time.monotonic() + timeout
+        # With a metrics port, /healthz is served there only.
+        health = self.url + "/healthz"
+        if "--metrics-port" in args:
+            health = f"http://127.0.0.1:{args[args.index('--metrics-port') + 1]}/healthz"
         while True:
             if self.popen.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.popen.returncode}:\n{self.log()}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                if httpx.get(health, timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -57,6 +71,17 @@ class GatewayProcess:
                 self.stop()
                 raise TimeoutError(f"gateway never answered /healthz:\n{self.log()}")
             time.sleep(0.02)
+
+    def rss(self) -> int:
+        """The process's resident memory, in bytes (Linux)."""
+        with open(f"/proc/{self.popen.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def descriptors(self) -> int:
+        return len(os.listdir(f"/proc/{self.popen.pid}/fd"))
 
     @property
     def url(self) -> str:
@@ -102,6 +127,10 @@ class GatewayProcess:
     def close(self) -> None:
         self.stop()
         self._log.close()
+
+
+def _limit_descriptors(count: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -166,8 +195,10 @@ def start_gateway() -> Iterator[Callable[..., GatewayProcess]]:
     """Gateways with flags of their own, stopped after the test."""
     started: list[GatewayProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> GatewayProcess:
-        process = GatewayProcess(*args, env=env)
+    def start(
+        *args: str, env: dict[str, str] | None = None, descriptors: int | None = None
+    ) -> GatewayProcess:
+        process = GatewayProcess(*args, env=env, descriptors=descriptors)
         started.append(process)
         return process
 

@@ -55,6 +55,10 @@ class HostileUpstream:
         self.requests: list[Received] = []
         self.opened = 0
         self.closed = 0
+        #: Paths with ``/held`` wait here before answering; tests set it once their
+        #: clients are all in.
+        self.gate = threading.Event()
+        self.gate.set()
         self._running = True
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -63,6 +67,7 @@ class HostileUpstream:
         self._server.close()
 
     def reset(self) -> None:
+        self.gate.set()
         with self._lock:
             self.requests.clear()
 
@@ -98,7 +103,11 @@ class HostileUpstream:
                     path = request.target.split("?", 1)[0]
                     # The route's base comes first (/base/echo/x): the name is what ends it.
                     answer = next((name for name in ANSWERS if path.endswith(name)), None)
-                    if "/echo/" in path:
+                    if "/held" in path:
+                        self.gate.wait(60)
+                    if "/stream/" in path:
+                        _stream(sock, int(path.rsplit("/stream/", 1)[1]))
+                    elif "/echo/" in path:
                         token = path.rsplit("/echo/", 1)[1].encode()
                         sock.sendall(_answer("200 OK", [f"content-length: {len(token)}"], token))
                     elif answer is not None:
@@ -110,6 +119,19 @@ class HostileUpstream:
         finally:
             with self._lock:
                 self.closed += 1
+
+
+def _stream(sock: socket.socket, size: int) -> None:
+    """*size* bytes in 64 KiB chunks, chunked: a body whose length is not announced."""
+    sock.sendall(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    piece = b"x" * 65536
+    while size > 0:
+        part = piece[:size]
+        sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+        size -= len(part)
+    sock.sendall(b"0\r\n\r\n")
 
 
 def _read_request(sock: socket.socket, buffer: bytes) -> tuple[Received | None, bytes]:
