@@ -10,10 +10,16 @@ fails a request: the request goes upstream from this process instead (see docs/f
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.sentinel
+import redis.cluster
+import redis.connection
+import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -23,7 +29,7 @@ from .._limits import Limits
 from .._stats import Counters
 from .._telemetry import error_type
 from ._breaker import Breaker
-from ._clients import AsyncClientFactory, Clients
+from ._clients import AsyncClientFactory, Clients, SyncClientFactory, check_client
 from ._context import Context
 from ._errors import RedisTrouble
 from ._follow import Moved, Verdict, follow_async, follow_sync, response_of
@@ -31,6 +37,8 @@ from ._keeper import LeaseKeeper
 from ._lead import Lead, lead_async, lead_sync
 from ._names import FlightKeys, new_token
 from ._ops import Lease
+from ._options import check_options
+from ._options import sentinel_url as _sentinel_url
 from ._records import decode_window
 from ._settings import DEFAULT_PREFIX, Settings
 
@@ -95,10 +103,10 @@ class RedisBackend:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | redis.cluster.RedisCluster,
         *,
         async_client: AsyncClientFactory | None = None,
-        read_client: redis.Redis | None = None,
+        read_client: redis.Redis | redis.cluster.RedisCluster | None = None,
         async_read_client: AsyncClientFactory | None = None,
         prefix: str = DEFAULT_PREFIX,
         lease: float = 5.0,
@@ -107,24 +115,41 @@ class RedisBackend:
         stream_ttl: float = 30.0,
         backoff: float = 1.0,
     ) -> None:
-        self._settings = Settings(
-            prefix=prefix,
-            lease=lease,
-            heartbeat=heartbeat,
-            follower_wait=follower_wait,
-            stream_ttl=stream_ttl,
-            backoff=backoff,
+        for given in (client, read_client):
+            if given is not None:
+                check_client(given)
+        self._setup(
+            lambda: client,
+            None if read_client is None else lambda: read_client,
+            async_client,
+            async_read_client,
+            Settings(
+                prefix=prefix,
+                lease=lease,
+                heartbeat=heartbeat,
+                follower_wait=follower_wait,
+                stream_ttl=stream_ttl,
+                backoff=backoff,
+            ),
+            owned=False,
         )
+
+    def _setup(
+        self,
+        client: SyncClientFactory,
+        read_client: SyncClientFactory | None,
+        async_client: AsyncClientFactory | None,
+        async_read_client: AsyncClientFactory | None,
+        settings: Settings,
+        owned: bool,
+    ) -> None:
+        self._settings = settings
         self._clients = Clients(
-            client, read_client, async_client, async_read_client, self._settings.interval, owned=False
+            client, read_client, async_client, async_read_client, settings.interval, settings.prefix, owned
         )
-        self._breaker = Breaker(backoff)
+        self._breaker = Breaker(settings.backoff)
         self._keeper = LeaseKeeper(
-            self._clients.sync_ops,
-            self._settings.interval,
-            self._settings.lease_ms,
-            self._settings.stream_ttl_ms,
-            self._report,
+            self._clients.sync_ops, settings.interval, settings.lease_ms, settings.stream_ttl_ms, self._report
         )
         self._context: Context | None = None
         self._closed = False
@@ -134,6 +159,7 @@ class RedisBackend:
         cls,
         url: str,
         *,
+        cluster: bool = False,
         socket_timeout: float = 0.25,
         socket_connect_timeout: float = 0.25,
         prefix: str = DEFAULT_PREFIX,
@@ -144,37 +170,20 @@ class RedisBackend:
         backoff: float = 1.0,
         **redis_options: Any,
     ) -> RedisBackend:
-        """A backend with its own clients for *url* (``redis://``, ``rediss://``, ``unix://``).
+        """A backend with its own clients for *url*.
 
-        ``redis_options`` go to ``redis.Redis.from_url`` and ``redis.asyncio.Redis.from_url``
-        (``password``, ``ssl_ca_certs``, ``client_name``...). Retries are off unless
-        given: a retried command would stretch the short timeout that keeps a failing
-        Redis cheap.
+        ``redis://``, ``rediss://``, ``unix://``; ``valkey://`` and ``valkeys://`` (the
+        same protocol); with ``cluster=True``, any node of a Redis Cluster (the others
+        are discovered); ``redis+sentinel://host:port[,host:port...]/service[/db]`` (or
+        ``valkey+sentinel://``), see :meth:`from_sentinel`.
+
+        ``redis_options`` go to redis-py's clients (``password``, ``ssl_ca_certs``,
+        ``client_name``...); an option they do not take is refused here. Retries are
+        off unless given: a retried command would stretch the short timeout that keeps
+        a failing Redis cheap. No connection is made here: an unreachable Redis costs
+        the first flights a fall-back, never an exception.
         """
-        if redis_options.get("decode_responses"):
-            raise ValueError("decode_responses=True is not supported: responses are bytes")
-        options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), "max_connections": 10_000, **redis_options}
-        interval = Settings(lease=lease, heartbeat=heartbeat).interval
-        read_timeout = interval + socket_timeout + _READ_MARGIN
-
-        def sync_client(timeout: float) -> redis.Redis:
-            return redis.Redis.from_url(
-                url, socket_timeout=timeout, socket_connect_timeout=socket_connect_timeout, **options
-            )
-
-        def async_client(timeout: float) -> AsyncClientFactory:
-            def make() -> redis.asyncio.Redis:
-                return redis.asyncio.Redis.from_url(
-                    url, socket_timeout=timeout, socket_connect_timeout=socket_connect_timeout, **options
-                )
-
-            return make
-
-        backend = cls(
-            sync_client(socket_timeout),
-            async_client=async_client(socket_timeout),
-            read_client=sync_client(read_timeout),
-            async_read_client=async_client(read_timeout),
+        settings = Settings(
             prefix=prefix,
             lease=lease,
             heartbeat=heartbeat,
@@ -182,7 +191,130 @@ class RedisBackend:
             stream_ttl=stream_ttl,
             backoff=backoff,
         )
-        backend._clients.own()
+        scheme, sep, rest = url.partition("://")
+        scheme = scheme.lower()
+        if scheme in ("redis+sentinel", "valkey+sentinel", "rediss+sentinel", "valkeys+sentinel"):
+            if cluster:
+                raise ValueError("a sentinel URL names a service, not a cluster: drop cluster=True")
+            sentinels, service, db = _sentinel_url(rest)
+            if scheme.startswith(("rediss", "valkeys")):
+                redis_options.setdefault("ssl", True)
+            if db is not None:
+                redis_options.setdefault("db", db)
+            return cls._sentinel(
+                sentinels, service, socket_timeout, socket_connect_timeout, None, settings, redis_options
+            )
+        url = {"valkey": "redis", "valkeys": "rediss"}.get(scheme, scheme) + sep + rest
+        check_options(redis_options, cluster=cluster)
+        # A malformed URL is refused now, not at each request (redis-py leaves it untyped).
+        redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+        options = {"retry": Retry(NoBackoff(), 0), **redis_options}
+        read_timeout = settings.interval + socket_timeout + _READ_MARGIN
+        timeouts = {"socket_connect_timeout": socket_connect_timeout}
+        sync_class: Any = redis.cluster.RedisCluster if cluster else redis.Redis
+        async_class: Any = redis.asyncio.cluster.RedisCluster if cluster else redis.asyncio.Redis
+
+        def maker(of: Any, timeout: float) -> Callable[[], Any]:
+            return lambda: of.from_url(url, socket_timeout=timeout, **timeouts, **options)
+
+        backend = cls.__new__(cls)
+        backend._setup(
+            maker(sync_class, socket_timeout),
+            maker(sync_class, read_timeout),
+            maker(async_class, socket_timeout),
+            maker(async_class, read_timeout),
+            settings,
+            owned=True,
+        )
+        return backend
+
+    @classmethod
+    def from_sentinel(
+        cls,
+        sentinels: Sequence[tuple[str, int]],
+        service: str,
+        *,
+        socket_timeout: float = 0.25,
+        socket_connect_timeout: float = 0.25,
+        sentinel_options: dict[str, Any] | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        lease: float = 5.0,
+        heartbeat: float | None = None,
+        follower_wait: float | None = None,
+        stream_ttl: float = 30.0,
+        backoff: float = 1.0,
+        **redis_options: Any,
+    ) -> RedisBackend:
+        """A backend on the master that Redis Sentinel names for *service*.
+
+        *sentinels* are ``(host, port)`` pairs; any that answers will do. The clients
+        ask the sentinels for the master whenever they connect, so a failover costs the
+        flights in progress a fall-back, and the next ones find the new master.
+        ``sentinel_options`` go to the connections to the sentinels (``password``...);
+        ``redis_options`` to those to the master, as in :meth:`from_url`.
+        """
+        settings = Settings(
+            prefix=prefix,
+            lease=lease,
+            heartbeat=heartbeat,
+            follower_wait=follower_wait,
+            stream_ttl=stream_ttl,
+            backoff=backoff,
+        )
+        return cls._sentinel(
+            list(sentinels),
+            service,
+            socket_timeout,
+            socket_connect_timeout,
+            sentinel_options,
+            settings,
+            redis_options,
+        )
+
+    @classmethod
+    def _sentinel(
+        cls,
+        sentinels: list[tuple[str, int]],
+        service: str,
+        socket_timeout: float,
+        socket_connect_timeout: float,
+        sentinel_options: dict[str, Any] | None,
+        settings: Settings,
+        redis_options: dict[str, Any],
+    ) -> RedisBackend:
+        if not sentinels or not all(
+            isinstance(host, str) and isinstance(port, int) for host, port in sentinels
+        ):
+            raise ValueError("sentinels must be (host, port) pairs, at least one")
+        if not service:
+            raise ValueError("the sentinel service (master name) must not be empty")
+        check_options(redis_options, cluster=False)
+        check_options(sentinel_options or {}, cluster=False)
+        to_sentinels = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_connect_timeout,
+            **(sentinel_options or {}),
+        }
+        options = {"retry": Retry(NoBackoff(), 0), "socket_connect_timeout": socket_connect_timeout}
+        options.update(redis_options)
+        read_timeout = settings.interval + socket_timeout + _READ_MARGIN
+
+        def maker(module: Any, timeout: float) -> Callable[[], Any]:
+            def make() -> Any:
+                watch = module.Sentinel(sentinels, sentinel_kwargs=to_sentinels, **to_sentinels)
+                return watch.master_for(service, socket_timeout=timeout, **options)
+
+            return make
+
+        backend = cls.__new__(cls)
+        backend._setup(
+            maker(redis.sentinel, socket_timeout),
+            maker(redis.sentinel, read_timeout),
+            maker(redis.asyncio.sentinel, socket_timeout),
+            maker(redis.asyncio.sentinel, read_timeout),
+            settings,
+            owned=True,
+        )
         return backend
 
     # -- the Backend protocol --------------------------------------------------------
@@ -241,7 +373,11 @@ class RedisBackend:
         context = self._usable()
         if context is None:
             return send(request)
-        ops = self._clients.sync_ops()
+        try:
+            ops = self._clients.sync_ops()
+        except RedisTrouble as trouble:
+            self._report(trouble)
+            return send(request)
         keys = FlightKeys(self._settings.prefix, key)
         if context.window > 0:
             try:

@@ -1,6 +1,9 @@
 """The Redis clients of one backend, made when first needed.
 
 Threads share one pair of sync clients (commands, and the followers' blocking reads).
+A client is made on first use, so a Redis (or a cluster, or sentinels) unreachable when
+the backend is built costs the first flights a fall-back, never an exception: a client
+that cannot be made is Redis trouble, and the next flight tries again.
 A ``redis.asyncio`` client belongs to the event loop that made it, so each asyncio loop
 gets its own pair. On trio, where ``redis.asyncio`` cannot run, and on asyncio when no
 asyncio client factory was given, the sync clients run in worker threads.
@@ -13,17 +16,20 @@ import contextlib
 import threading
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import anyio
-import redis
-import redis.asyncio
 
 from ._errors import RedisTrouble
 from ._ops import AsyncioOps, AsyncOps, SyncOps, ThreadOps
 
-__all__ = ["AsyncClientFactory", "Clients"]
+__all__ = ["AsyncClientFactory", "Clients", "SyncClientFactory", "check_client", "connection_options"]
 
-AsyncClientFactory = Callable[[], redis.asyncio.Redis]
+#: A redis-py client: plain or cluster (sentinel-managed clients are plain ones).
+SyncClient = Any
+AsyncClient = Any
+AsyncClientFactory = Callable[[], AsyncClient]
+SyncClientFactory = Callable[[], SyncClient]
 
 #: Worker threads one event loop may use for Redis at once (trio): one per followed
 #: flight blocked in a read, so well above anyio's default of 40.
@@ -40,44 +46,66 @@ def _running_loop() -> object:
         return trio.lowlevel.current_trio_token()
 
 
-def _socket_timeout(client: redis.Redis | redis.asyncio.Redis) -> float | None:
-    value = client.connection_pool.connection_kwargs.get("socket_timeout")
+def connection_options(client: Any) -> dict[str, Any]:
+    """The options a client opens its connections with (plain, sentinel or cluster)."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        return dict(pool.connection_kwargs)
+    if hasattr(client, "get_connection_kwargs"):  # redis.cluster.RedisCluster
+        return dict(client.get_connection_kwargs())
+    return dict(getattr(client, "connection_kwargs", {}))  # redis.asyncio.cluster.RedisCluster
+
+
+def _socket_timeout(client: Any) -> float | None:
+    value = connection_options(client).get("socket_timeout")
     return float(value) if isinstance(value, int | float) else None
 
 
-def _check(client: redis.Redis | redis.asyncio.Redis) -> None:
-    if client.get_encoder().decode_responses:
+def check_client(client: Any) -> None:
+    """Refuse what cannot work: a client that is not redis-py's, or decodes responses."""
+    if not (hasattr(client, "register_script") and hasattr(client, "pipeline")):
+        raise TypeError(f"not a redis-py client: {type(client).__name__}")
+    if connection_options(client).get("decode_responses"):
         raise ValueError("the Redis client must return bytes: create it without decode_responses=True")
+
+
+def _made(factory: Callable[[], Any], what: str) -> Any:
+    try:
+        client = factory()
+        check_client(client)
+    except Exception as error:
+        raise RedisTrouble(f"cannot make {what} Redis client: {type(error).__name__}: {error}") from error
+    return client
 
 
 class Clients:
     def __init__(
         self,
-        client: redis.Redis,
-        read_client: redis.Redis | None,
+        client: SyncClientFactory,
+        read_client: SyncClientFactory | None,
         async_client: AsyncClientFactory | None,
         async_read_client: AsyncClientFactory | None,
         heartbeat: float,
+        prefix: str,
         owned: bool,
     ) -> None:
-        _check(client)
-        if read_client is not None:
-            _check(read_client)
         self._client = client
         self._read_client = read_client
         self._async_client = async_client
         self._async_read_client = async_read_client
         self._heartbeat = heartbeat
+        self._prefix = prefix
         self._owned = owned
         self._lock = threading.RLock()
         self._sync: SyncOps | None = None
+        self._made: list[Any] = []
         self._async: weakref.WeakKeyDictionary[object, AsyncOps] = weakref.WeakKeyDictionary()
 
     def own(self) -> None:
         """Close the sync clients on close: they were made for this backend."""
         self._owned = True
 
-    def _block(self, reads: redis.Redis | redis.asyncio.Redis, separate: bool) -> float:
+    def _block(self, reads: Any, separate: bool) -> float:
         """The longest a follower's read may block on *reads*.
 
         A read that blocks past the client's socket timeout would fail as a timeout. A
@@ -89,16 +117,35 @@ class Clients:
         timeout = _socket_timeout(reads)
         return self._heartbeat if timeout is None else min(self._heartbeat, timeout / 2)
 
+    @staticmethod
+    def _wait(commands: Any) -> float:
+        """How long a command may wait for its turn: the client's own timeout (bounded)."""
+        timeout = _socket_timeout(commands)
+        return 1.0 if timeout is None else max(0.05, min(timeout, 5.0))
+
     def sync_ops(self) -> SyncOps:
+        """The ops of the sync clients. Raises RedisTrouble if a client cannot be made."""
         ops = self._sync
         if ops is None:
             with self._lock:
                 ops = self._sync
                 if ops is None:
-                    reads = self._read_client or self._client
-                    block = self._block(reads, self._read_client is not None)
-                    ops = self._sync = SyncOps(self._client, reads, block)
+                    client = _made(self._client, "the")
+                    try:
+                        reads = client if self._read_client is None else _made(self._read_client, "the read")
+                    except RedisTrouble:
+                        self._drop(client)
+                        raise
+                    self._made += [client] if reads is client else [client, reads]
+                    block = self._block(reads, reads is not client)
+                    ops = SyncOps(client, reads, block, prefix=self._prefix, wait=self._wait(client))
+                    self._sync = ops
         return ops
+
+    def _drop(self, client: Any) -> None:
+        if self._owned:
+            with contextlib.suppress(Exception):
+                client.close()
 
     def async_ops(self) -> AsyncOps:
         """The ops for the running event loop. Raises RedisTrouble if a client cannot be made."""
@@ -114,14 +161,12 @@ class Clients:
 
     def _make_async_ops(self, loop: object) -> AsyncOps:
         if isinstance(loop, asyncio.AbstractEventLoop) and self._async_client is not None:
-            try:
-                client = self._async_client()
-                _check(client)
-                reads = client if self._async_read_client is None else self._async_read_client()
-                _check(reads)
-            except Exception as error:
-                raise RedisTrouble(f"cannot make an asyncio Redis client: {error}") from error
-            return AsyncioOps(client, reads, self._block(reads, reads is not client))
+            client = _made(self._async_client, "an asyncio")
+            reads = (
+                client if self._async_read_client is None else _made(self._async_read_client, "an asyncio")
+            )
+            block = self._block(reads, reads is not client)
+            return AsyncioOps(client, reads, block, prefix=self._prefix, wait=self._wait(client))
         return ThreadOps(self.sync_ops(), anyio.CapacityLimiter(THREADS))
 
     async def aclose(self) -> None:
@@ -136,7 +181,8 @@ class Clients:
         # asyncio clients of other loops cannot be closed from here; dropping them
         # lets their connections go with the loop.
         self._async.clear()
-        if self._owned:
-            for client in {id(c): c for c in (self._client, self._read_client) if c is not None}.values():
-                with contextlib.suppress(Exception):
-                    client.close()
+        if self._sync is not None:
+            self._sync.close()
+        made, self._made = self._made, []
+        for client in made:
+            self._drop(client)

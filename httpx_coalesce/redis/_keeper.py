@@ -154,6 +154,7 @@ class LeaseKeeper:
 
     def _renew(self, holds: list[Hold]) -> None:
         try:
+            # The ops inside the try: a client that cannot be made is Redis trouble too.
             held = self._ops().renew([hold.lease for hold in holds], self._lease_ms, self._stream_ttl_ms)
         except RedisTrouble as trouble:
             # The leases may now run out; their leaders learn it at their next append.

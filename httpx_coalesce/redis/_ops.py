@@ -1,16 +1,21 @@
 """The only place that talks to Redis: a few commands, in three flavours.
 
-``SyncOps`` uses a ``redis.Redis`` client, for threads; ``AsyncioOps`` a
-``redis.asyncio.Redis`` client bound to one asyncio loop; ``ThreadOps`` runs the sync
+``SyncOps`` uses a ``redis.Redis`` (or ``RedisCluster``) client, for threads;
+``AsyncioOps`` a ``redis.asyncio`` one bound to one asyncio loop; ``ThreadOps`` runs the sync
 ones in worker threads, for trio (where redis.asyncio cannot run) and for asyncio when
-no asyncio client was given. Every failure, timeout or unexpected answer comes out as
-:class:`RedisTrouble`; cancellation passes through untouched.
+no asyncio client was given. At most ``COMMANDS`` commands run at once per flavour and
+event loop, and the followers' blocking reads go through one reader per bucket
+(``_reader``), so a burst opens a bounded number of connections. Every failure, timeout
+or unexpected answer comes out as :class:`RedisTrouble`; cancellation passes through
+untouched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -18,19 +23,19 @@ from typing import Any, Protocol
 import anyio.to_thread
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 
 from ._errors import Garbage, RedisTrouble
-from ._names import is_token
+from ._names import is_token, tag_of
+from ._reader import READ_COUNT, AsyncioReader, Streams, ThreadReader
 from ._records import Record
-from ._scripts import ACQUIRE, APPEND
+from ._scripts import ACQUIRE, APPEND, RENEW
 
 __all__ = ["AsyncOps", "AsyncioOps", "Entry", "Lease", "Read", "SyncOps", "ThreadOps"]
 
 #: (stream entry id, record type, record data)
 Entry = tuple[bytes, bytes, bytes]
-
-#: Entries one read returns at most.
-READ_COUNT = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,16 +170,70 @@ def _block_ms(block: float | None) -> int | None:
     return None if block is None else max(1, round(block * 1000))
 
 
+#: Redis commands one process sends at once, per event loop (and once more for its
+#: threads): connections are opened only up to this, however large the burst. A
+#: command that cannot start within the client's socket timeout is Redis trouble.
+COMMANDS = 16
+
+
+def _cluster(client: Any) -> bool:
+    return isinstance(client, redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster) or hasattr(
+        client, "get_node_from_key"
+    )
+
+
+def _by_tag(leases: Sequence[Lease], cluster: bool) -> dict[str, list[int]]:
+    """The leases' positions, grouped so that one script call stays within one slot."""
+    groups: dict[str, list[int]] = {}
+    for index, lease in enumerate(leases):
+        groups.setdefault(tag_of(lease.key) if cluster else "", []).append(index)
+    return groups
+
+
+def _renew_call(leases: Sequence[Lease], lease_ms: int, ttl_ms: int) -> tuple[list[str], list[str | int]]:
+    keys: list[str] = []
+    args: list[str | int] = [lease_ms, ttl_ms]
+    for lease in leases:
+        keys += [lease.key, lease.stream]
+    args += [lease.token for lease in leases]
+    return keys, args
+
+
+def _renewed(reply: Any, count: int) -> list[bool]:
+    if isinstance(reply, list) and len(reply) == count:
+        return [_appended(item) for item in reply]
+    raise Garbage(f"unexpected answer to a renewal: {reply!r:.100}")
+
+
 class SyncOps:
-    def __init__(self, commands: redis.Redis, reads: redis.Redis, block: float) -> None:
+    def __init__(
+        self, commands: Any, reads: Any, block: float, *, prefix: str = "", wait: float = 1.0
+    ) -> None:
         self._commands = commands
         self._reads = reads
         self.block = block
+        self._cluster = _cluster(commands)
+        self._prefix = prefix
+        self._wait = wait
+        self._gate = threading.BoundedSemaphore(COMMANDS)
         self._acquire = commands.register_script(ACQUIRE)
         self._append = commands.register_script(APPEND)
+        self._renew = commands.register_script(RENEW)
+        self._readers: dict[str, ThreadReader] = {}
+        self._readers_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _gated(self) -> Iterator[None]:
+        if not self._gate.acquire(timeout=self._wait):
+            raise RedisTrouble(f"{COMMANDS} Redis commands already in progress for {self._wait} s")
+        try:
+            with _trouble():
+                yield
+        finally:
+            self._gate.release()
 
     def acquire(self, lease: Lease, lease_ms: int) -> str | None:
-        with _trouble():
+        with self._gated():
             reply = self._acquire(keys=[lease.key], args=[lease.token, lease_ms])
         return _acquired(reply, lease.token)
 
@@ -187,7 +246,7 @@ class SyncOps:
         final: bool,
         expect_stream: bool = False,
     ) -> bool:
-        with _trouble():
+        with self._gated():
             reply = self._append(
                 keys=[lease.key, lease.stream],
                 args=_append_args(lease.token, records, lease_ms, ttl_ms, final, expect_stream),
@@ -195,47 +254,84 @@ class SyncOps:
         return _appended(reply)
 
     def renew(self, leases: Sequence[Lease], lease_ms: int, ttl_ms: int) -> list[bool]:
-        """Extend many leases in one round trip; False for each that is no longer held."""
-        with _trouble():
-            pipe = self._commands.pipeline(transaction=False)
-            for lease in leases:
-                self._append(
-                    keys=[lease.key, lease.stream],
-                    args=_append_args(lease.token, (), lease_ms, ttl_ms, final=False),
-                    client=pipe,
-                )
-            replies = pipe.execute()
-        return [_appended(reply) for reply in replies]
+        """Extend many leases in one call per slot; False for each no longer held."""
+        held = [False] * len(leases)
+        for positions in _by_tag(leases, self._cluster).values():
+            group = [leases[i] for i in positions]
+            keys, args = _renew_call(group, lease_ms, ttl_ms)
+            with self._gated():
+                reply = self._renew(keys=keys, args=args)
+            for i, still in zip(positions, _renewed(reply, len(group)), strict=True):
+                held[i] = still
+        return held
 
     def read(self, lease_key: str, stream: str, after: bytes, block: float | None) -> Read:
-        with _trouble():
-            pipe = self._reads.pipeline(transaction=False)
-            # The GET runs once the read returns, so an empty read comes with the
-            # lease as it is after the wait, not before it.
-            pipe.xread({stream: after}, count=READ_COUNT, block=_block_ms(block))
+        """New entries after *after*, waiting up to *block* seconds for some (None: no
+        wait), and the lease's value once the read returned."""
+        if block is not None:
+            entries, lease = self._reader(stream).read(stream, lease_key, after, block)
+            return Read(entries, _lease_value(lease))
+        with self._gated():
+            pipe = self._commands.pipeline(transaction=False)
+            pipe.xread({stream: after}, count=READ_COUNT)
             pipe.get(lease_key)
             entries, lease = pipe.execute()
         return Read(_entries(entries), _lease_value(lease))
 
+    def _reader(self, stream: str) -> ThreadReader:
+        tag = tag_of(stream) if self._cluster else "{hc}"
+        reader = self._readers.get(tag)
+        if reader is None:
+            with self._readers_lock:
+                reader = self._readers.get(tag)
+                if reader is None:
+                    streams = Streams(tag, self._prefix, self.block)
+                    reader = ThreadReader(streams, self._reads, self._commands, self._gated, self.block)
+                    self._readers[tag] = reader
+        return reader
+
+    def close(self) -> None:
+        for reader in list(self._readers.values()):
+            reader.close()
+
     def window_get(self, key: str) -> bytes | None:
-        with _trouble():
+        with self._gated():
             return _window_value(self._commands.get(key))
 
     def window_put(self, key: str, value: bytes, ttl_ms: int) -> None:
-        with _trouble():
+        with self._gated():
             self._commands.set(key, value, px=ttl_ms)
 
 
 class AsyncioOps:
-    def __init__(self, commands: redis.asyncio.Redis, reads: redis.asyncio.Redis, block: float) -> None:
+    def __init__(
+        self, commands: Any, reads: Any, block: float, *, prefix: str = "", wait: float = 1.0
+    ) -> None:
         self._commands = commands
         self._reads = reads
         self.block = block
+        self._cluster = _cluster(commands)
+        self._prefix = prefix
+        self._wait = wait
+        self._gate = asyncio.Semaphore(COMMANDS)
         self._acquire = commands.register_script(ACQUIRE)
         self._append = commands.register_script(APPEND)
+        self._readers: dict[str, AsyncioReader] = {}
+
+    @contextlib.asynccontextmanager
+    async def _gated(self) -> AsyncIterator[None]:
+        try:
+            await asyncio.wait_for(self._gate.acquire(), self._wait)
+        except asyncio.TimeoutError:
+            raise RedisTrouble(f"{COMMANDS} Redis commands already in progress for {self._wait} s") from None
+        try:
+            with _trouble():
+                yield
+        finally:
+            self._gate.release()
 
     async def acquire(self, lease: Lease, lease_ms: int) -> str | None:
-        with _trouble():
+        async with self._gated():
             reply = await self._acquire(keys=[lease.key], args=[lease.token, lease_ms])
         return _acquired(reply, lease.token)
 
@@ -248,7 +344,7 @@ class AsyncioOps:
         final: bool,
         expect_stream: bool = False,
     ) -> bool:
-        with _trouble():
+        async with self._gated():
             reply = await self._append(
                 keys=[lease.key, lease.stream],
                 args=_append_args(lease.token, records, lease_ms, ttl_ms, final, expect_stream),
@@ -256,22 +352,37 @@ class AsyncioOps:
         return _appended(reply)
 
     async def read(self, lease_key: str, stream: str, after: bytes, block: float | None) -> Read:
-        with _trouble():
-            pipe = self._reads.pipeline(transaction=False)
-            pipe.xread({stream: after}, count=READ_COUNT, block=_block_ms(block))
+        if block is not None:
+            entries, lease = await self._reader(stream).read(stream, lease_key, after, block)
+            return Read(entries, _lease_value(lease))
+        async with self._gated():
+            pipe = self._commands.pipeline(transaction=False)
+            pipe.xread({stream: after}, count=READ_COUNT)
             pipe.get(lease_key)
             entries, lease = await pipe.execute()
         return Read(_entries(entries), _lease_value(lease))
 
+    def _reader(self, stream: str) -> AsyncioReader:
+        tag = tag_of(stream) if self._cluster else "{hc}"
+        reader = self._readers.get(tag)
+        if reader is None:
+            streams = Streams(tag, self._prefix, self.block)
+            reader = self._readers[tag] = AsyncioReader(
+                streams, self._reads, self._commands, self._gated, self.block
+            )
+        return reader
+
     async def window_get(self, key: str) -> bytes | None:
-        with _trouble():
+        async with self._gated():
             return _window_value(await self._commands.get(key))
 
     async def window_put(self, key: str, value: bytes, ttl_ms: int) -> None:
-        with _trouble():
+        async with self._gated():
             await self._commands.set(key, value, px=ttl_ms)
 
     async def aclose(self) -> None:
+        for reader in list(self._readers.values()):
+            await reader.aclose()
         with contextlib.suppress(Exception):
             await self._commands.aclose()
         if self._reads is not self._commands:

@@ -3,7 +3,7 @@ has passed to another between two commands."""
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "APPEND"]
+__all__ = ["ACQUIRE", "APPEND", "RENEW"]
 
 #: KEYS: lease. ARGV: token, lease_ms.
 #: Returns {1, token} if this caller now leads, else {0, the current leader's token}:
@@ -40,4 +40,23 @@ else
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 1
+"""
+
+#: KEYS: lease and stream of each lease to renew. ARGV: lease_ms, stream_ttl_ms, then
+#: each lease's token. Returns 1 or 0 for each (as APPEND with no records): the
+#: heartbeat of many leases in one call. On Redis Cluster the keys of one call share a
+#: slot (the flights of one bucket).
+RENEW = """
+local held = {}
+for i = 1, #KEYS, 2 do
+  local token = ARGV[2 + (i + 1) / 2]
+  if redis.call('GET', KEYS[i]) == token then
+    redis.call('PEXPIRE', KEYS[i + 1], ARGV[2])
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+    held[#held + 1] = 1
+  else
+    held[#held + 1] = 0
+  end
+end
+return held
 """

@@ -32,6 +32,10 @@ class Settings:
     backoff: float = 1.0
 
     def __post_init__(self) -> None:
+        if "{" in self.prefix or "}" in self.prefix:
+            # Redis Cluster hashes the first {...} of a key: a brace in the prefix would
+            # move the flight's keys out of the slot its scripts and reads rely on.
+            raise ValueError("prefix must not contain '{' or '}'")
         if self.lease <= 0:
             raise ValueError("lease must be > 0 seconds")
         if self.heartbeat is not None and not 0 < self.heartbeat < self.lease:

@@ -17,6 +17,7 @@ import redis
 
 from httpx_coalesce import CoalescingTransport, Limits
 from httpx_coalesce.redis import RedisBackend
+from httpx_coalesce.redis._names import FlightKeys
 
 from ..conftest import until, until_sync
 from ..upstream import Upstream
@@ -49,7 +50,8 @@ def records(redis_client: redis.Redis, prefix: str) -> dict[str, list[tuple[byte
 def request_key(redis_client: redis.Redis, prefix: str) -> tuple[str, str]:
     """The request key and token of the one round recorded under *prefix*."""
     [name] = records(redis_client, prefix)
-    key, token = name.split("{", 1)[1].split("}:")
+    # {prefix}stream:{bucket tag}:{key}:{token}
+    _, key, token = name.rsplit(":", 2)
     return key, token
 
 
@@ -713,16 +715,16 @@ async def test_late_follower_of_a_replaced_round_gets_the_successors_response(
         await client.get(f"{base_url}/echo")
     key, finished = request_key(redis_client, prefix)
     dead = "0123456789abcdef"
-    redis_client.set(f"{prefix}lease:{{{key}}}", dead, px=60_000)
-    redis_client.xadd(f"{prefix}stream:{{{key}}}:{dead}", {"t": "m", "d": finished})
-    redis_client.pexpire(f"{prefix}stream:{{{key}}}:{dead}", 30_000)
+    redis_client.set(FlightKeys(prefix, key).lease, dead, px=60_000)
+    redis_client.xadd(FlightKeys(prefix, key).stream(dead), {"t": "m", "d": finished})
+    redis_client.pexpire(FlightKeys(prefix, key).stream(dead), 30_000)
 
     late = make_transport(backend=backend(redis_url, prefix, "late"))
     try:
         async with httpx.AsyncClient(transport=late) as client:
             response = await client.get(f"{base_url}/echo")
     finally:
-        redis_client.delete(f"{prefix}lease:{{{key}}}")
+        redis_client.delete(FlightKeys(prefix, key).lease)
     assert orjson.loads(response.content)["hit"] == 1
     assert upstream.hits["/echo"] == 1
     assert (late.stats().redis_followed, late.stats().upstream_calls) == (1, 0)

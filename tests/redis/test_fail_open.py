@@ -15,6 +15,7 @@ import redis
 
 from httpx_coalesce import CoalescingTransport
 from httpx_coalesce.redis import RedisBackend
+from httpx_coalesce.redis._names import FlightKeys
 
 from ..conftest import until
 from ..support.redis_server import closed_port_url
@@ -150,13 +151,13 @@ async def test_a_lease_no_leader_of_ours_wrote_fails_open(
     async with httpx.AsyncClient(transport=make_transport(backend=backend(redis_url, prefix, "a"))) as client:
         await client.get(f"{base_url}/echo")
     key, _ = request_key(redis_client, prefix)
-    redis_client.set(f"{prefix}lease:{{{key}}}", "not a token", px=60_000)
+    redis_client.set(FlightKeys(prefix, key).lease, "not a token", px=60_000)
     transport = make_transport(backend=backend(redis_url, prefix, "b"))
     try:
         async with httpx.AsyncClient(transport=transport) as client:
             assert (await client.get(f"{base_url}/echo")).status_code == 200
     finally:
-        redis_client.delete(f"{prefix}lease:{{{key}}}")
+        redis_client.delete(FlightKeys(prefix, key).lease)
     assert (transport.stats().upstream_calls, transport.stats().redis_errors) == (1, 1)
 
 
@@ -173,15 +174,15 @@ async def test_a_stream_no_leader_of_ours_wrote_fails_open(
         await client.get(f"{base_url}/echo")
     key, _ = request_key(redis_client, prefix)
     token = "fedcba9876543210"
-    redis_client.set(f"{prefix}lease:{{{key}}}", token, px=60_000)
-    redis_client.xadd(f"{prefix}stream:{{{key}}}:{token}", {"t": "c", "d": "a body without a head"})
-    redis_client.pexpire(f"{prefix}stream:{{{key}}}:{token}", 30_000)
+    redis_client.set(FlightKeys(prefix, key).lease, token, px=60_000)
+    redis_client.xadd(FlightKeys(prefix, key).stream(token), {"t": "c", "d": "a body without a head"})
+    redis_client.pexpire(FlightKeys(prefix, key).stream(token), 30_000)
     transport = make_transport(backend=backend(redis_url, prefix, "b"))
     try:
         async with httpx.AsyncClient(transport=transport) as client:
             assert (await client.get(f"{base_url}/echo")).status_code == 200
     finally:
-        redis_client.delete(f"{prefix}lease:{{{key}}}")
+        redis_client.delete(FlightKeys(prefix, key).lease)
     assert (transport.stats().upstream_calls, transport.stats().redis_errors) == (1, 1)
 
 

@@ -1,0 +1,462 @@
+"""One blocking reader per bucket for all the followers of a process.
+
+A follower waits for its leader's next records with a blocking ``XREAD``. Given a
+connection each, a burst of distinct flights would open one connection per flight and
+process (thousands, each with a short connect timeout: the storm that made a burst fail
+open). Here the followers of one process (per event loop, or per backend for threads)
+hand their reads to a reader that sends one ``XREAD BLOCK`` over all their streams and a
+``MGET`` of their leases, on one connection, and hands each follower its entries.
+
+On Redis Cluster a multi-key command must stay within one slot, so there is a reader per
+bucket (the flights' hash tag, see ``_names``): at most ``BUCKETS`` blocked connections.
+
+A stream joining while the reader is blocked wakes it with a one-entry write to the
+reader's own wake stream, which every ``XREAD`` of that reader includes. After it hands
+out a stream's entries the reader keeps reading that stream ahead for a while, so a
+follower that comes back for more finds it already read or being read, without a wake.
+
+``Streams`` holds that state and decides; ``ThreadReader`` and ``AsyncioReader`` drive it
+with a thread or an asyncio task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import Garbage, RedisTrouble
+from ._names import new_token
+
+__all__ = ["AsyncioReader", "Cycle", "Streams", "ThreadReader", "Want", "parse_streams"]
+
+#: (stream entry id, record type, record data)
+Entry = tuple[bytes, bytes, bytes]
+
+#: Entries one read returns at most, per stream.
+READ_COUNT = 256
+
+#: Seconds a stream is read ahead after its follower last took entries.
+LINGER = 1.0
+
+#: The field of a wake stream's entries (a flight's records have ``t`` and ``d``).
+WAKE_FIELD = b"w"
+
+#: Seconds a wake stream lives unread (a reader that died leaves nothing for long).
+WAKE_TTL_MS = 10_000
+
+
+@dataclass(eq=False)
+class Want:
+    """One follower's read: it is answered with entries, or with none at its deadline."""
+
+    stream: str
+    lease_key: str
+    after: bytes
+    deadline: float
+    entries: list[Entry] | None = None
+    lease: bytes | None = None
+    error: RedisTrouble | None = None
+    #: Set by the driver when answered (a threading.Event or an asyncio.Future).
+    signal: Any = None
+
+    @property
+    def answered(self) -> bool:
+        return self.entries is not None or self.error is not None
+
+
+@dataclass(eq=False)
+class _Stream:
+    #: The buffer holds the entries after ``base`` up to ``cursor``, read ahead.
+    base: bytes
+    cursor: bytes
+    buffer: list[Entry] = field(default_factory=list)
+    lease: bytes | None = None
+    wants: list[Want] = field(default_factory=list)
+    #: Read ahead until then, with no follower waiting.
+    linger_until: float = 0.0
+
+    def take(self) -> tuple[list[Entry], bytes | None]:
+        entries, self.buffer = self.buffer, []
+        self.base = self.cursor
+        return entries, self.lease
+
+
+@dataclass(frozen=True, slots=True)
+class Cycle:
+    """One blocking read to send: streams and their cursors (the wake stream first)."""
+
+    streams: dict[str, bytes]
+    leases: list[str]
+    block_ms: int
+
+
+class Streams:
+    """What one reader reads, and for whom."""
+
+    def __init__(self, tag: str, prefix: str, longest: float) -> None:
+        self.wake_key = f"{prefix}wake:{tag}:{new_token()}"
+        self._wake_cursor = b"0-0"
+        self._longest = longest
+        self._streams: dict[str, _Stream] = {}
+        #: Streams (and cursors) of the read in flight; None while none is.
+        self._in_flight: dict[str, bytes] | None = None
+        self._cycle_end = 0.0
+
+    @property
+    def idle(self) -> bool:
+        return not self._streams
+
+    def add(self, want: Want) -> bool:
+        """Take *want* (answered at once if read ahead); True if the reader must be woken."""
+        stream = self._streams.get(want.stream)
+        if stream is None:
+            stream = self._streams[want.stream] = _Stream(want.after, want.after)
+        elif want.after == stream.base and stream.buffer:
+            want.entries, want.lease = stream.take()
+            stream.linger_until = time.monotonic() + LINGER
+            return False
+        elif want.after == stream.cursor:
+            stream.buffer.clear()
+            stream.base = stream.cursor
+        elif want.after != stream.base:
+            # The follower asks from elsewhere (it starts over): read from there.
+            stream.buffer.clear()
+            stream.base = stream.cursor = want.after
+        stream.wants.append(want)
+        in_flight = self._in_flight
+        return in_flight is not None and (
+            in_flight.get(want.stream) != stream.cursor or want.deadline < self._cycle_end
+        )
+
+    def drop(self, want: Want) -> None:
+        """A follower stopped waiting (cancelled): its stream may linger, then go."""
+        stream = self._streams.get(want.stream)
+        if stream is not None and want in stream.wants:
+            stream.wants.remove(want)
+            stream.linger_until = time.monotonic() + LINGER
+
+    def next_cycle(self) -> Cycle | None:
+        """The next read, or None while there is nothing to read."""
+        now = time.monotonic()
+        for name in [n for n, s in self._streams.items() if not s.wants and s.linger_until <= now]:
+            del self._streams[name]
+        if not self._streams:
+            self._in_flight = None
+            return None
+        streams = {self.wake_key: self._wake_cursor}
+        leases: list[str] = []
+        until = now + self._longest
+        for name, stream in self._streams.items():
+            streams[name] = stream.cursor
+            for want in stream.wants:
+                leases.append(want.lease_key)
+                until = min(until, want.deadline)
+            if not stream.wants:
+                until = min(until, stream.linger_until)
+        self._in_flight = streams
+        self._cycle_end = until
+        block = max(0.001, until - now)
+        return Cycle(streams, list(dict.fromkeys(leases)), max(1, round(block * 1000)))
+
+    def settle(self, cycle: Cycle, read: dict[bytes, list[Entry]], leases: list[Any]) -> list[Want]:
+        """Take a cycle's answer; the wants it answered."""
+        self._in_flight = None
+        values = dict(zip(cycle.leases, leases, strict=True))
+        wake = read.pop(self.wake_key.encode(), None)
+        if wake:
+            self._wake_cursor = wake[-1][0]
+        now = time.monotonic()
+        answered: list[Want] = []
+        for name, stream in self._streams.items():
+            entries = read.get(name.encode())
+            if entries:
+                stream.buffer.extend(entries)
+                stream.cursor = entries[-1][0]
+            for want in stream.wants:
+                lease = values.get(want.lease_key)
+                if lease is not None and not isinstance(lease, bytes):
+                    raise Garbage(f"unexpected lease value: {lease!r:.100}")
+                stream.lease = lease
+            if not stream.wants:
+                continue
+            if stream.buffer:
+                # One follower per stream and process as a rule (local coalescing); any
+                # other gets the same entries.
+                entries, lease = stream.take()
+                for want in stream.wants:
+                    want.entries, want.lease = entries, lease
+                answered.extend(stream.wants)
+                stream.wants.clear()
+                stream.linger_until = now + LINGER
+            else:
+                due = [want for want in stream.wants if want.deadline <= now]
+                for want in due:
+                    want.entries, want.lease = [], values.get(want.lease_key)
+                    stream.wants.remove(want)
+                answered.extend(due)
+                if not stream.wants:
+                    stream.linger_until = now + LINGER
+        return answered
+
+    def fail(self, trouble: RedisTrouble) -> list[Want]:
+        """The read failed: every waiting follower hears it, and reading starts afresh."""
+        self._in_flight = None
+        failed = [want for stream in self._streams.values() for want in stream.wants]
+        for want in failed:
+            want.error = trouble
+        self._streams.clear()
+        return failed
+
+
+def parse_streams(reply: Any) -> dict[bytes, list[Entry]]:
+    """An XREAD reply of many streams (RESP2 or RESP3 shape), by stream name."""
+    if not reply:
+        return {}
+    if isinstance(reply, dict):
+        pairs = list(reply.items())
+    elif isinstance(reply, list) and all(isinstance(item, list | tuple) and len(item) == 2 for item in reply):
+        pairs = [(item[0], item[1]) for item in reply]
+    else:
+        raise Garbage(f"unexpected stream read: {reply!r:.100}")
+    streams: dict[bytes, list[Entry]] = {}
+    for name, items in pairs:
+        if isinstance(name, str):
+            name = name.encode()
+        entries: list[Entry] = []
+        for item in items:
+            if not isinstance(item, list | tuple) or len(item) != 2:
+                raise Garbage(f"unexpected stream entry: {item!r:.100}")
+            entry_id, fields = item
+            if not isinstance(entry_id, bytes) or not isinstance(fields, dict):
+                raise Garbage(f"unexpected stream entry: {item!r:.100}")
+            kind, data = fields.get(b"t"), fields.get(b"d")
+            if kind is None and data is None and WAKE_FIELD in fields:
+                # A wake stream's entry: only its id counts.
+                kind, data = WAKE_FIELD, b""
+            if not isinstance(kind, bytes) or not isinstance(data, bytes):
+                raise Garbage(f"unexpected stream entry: {item!r:.100}")
+            entries.append((entry_id, kind, data))
+        streams[name] = entries
+    return streams
+
+
+@contextlib.contextmanager
+def _trouble() -> Any:
+    try:
+        yield
+    except RedisTrouble:
+        raise
+    except Exception as error:
+        raise RedisTrouble(f"{type(error).__name__}: {error}") from error
+
+
+def _wake_args(key: str) -> tuple[str, dict[bytes, bytes]]:
+    return key, {WAKE_FIELD: b"1"}
+
+
+class ThreadReader:
+    """A reader thread for the sync clients (threads, trio, the no-asyncio-client case)."""
+
+    def __init__(
+        self,
+        streams: Streams,
+        reads: Any,
+        commands: Any,
+        gate: Callable[[], contextlib.AbstractContextManager[None]],
+        longest: float,
+    ) -> None:
+        self._streams = streams
+        self._reads = reads
+        self._commands = commands
+        self._gate = gate
+        self._longest = longest
+        self._condition = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._closed = False
+
+    def read(
+        self, stream: str, lease_key: str, after: bytes, block: float
+    ) -> tuple[list[Entry], bytes | None]:
+        want = Want(stream, lease_key, after, time.monotonic() + block)
+        with self._condition:
+            if self._closed:
+                raise RedisTrouble("the backend is closed")
+            wake = self._streams.add(want)
+            if want.answered:
+                assert want.entries is not None
+                return want.entries, want.lease
+            self._ensure_thread()
+            self._condition.notify_all()
+        if wake:
+            try:
+                with self._gate():
+                    self._wake()
+            except RedisTrouble:
+                with self._condition:
+                    self._streams.drop(want)
+                raise
+        with self._condition:
+            # The reader answers by the deadline; past it plus a socket timeout it failed.
+            limit = block + self._longest + 5.0
+            if not self._condition.wait_for(lambda: want.answered, limit):
+                self._streams.drop(want)
+                raise RedisTrouble("the stream reader did not answer")
+        if want.error is not None:
+            raise want.error
+        assert want.entries is not None
+        return want.entries, want.lease
+
+    def _wake(self) -> None:
+        key = self._streams.wake_key
+        with _trouble():
+            pipe = self._commands.pipeline(transaction=False)
+            pipe.xadd(*_wake_args(key), maxlen=1, approximate=False)
+            pipe.pexpire(key, WAKE_TTL_MS)
+            pipe.execute()
+
+    def _ensure_thread(self) -> None:
+        # A forked child inherits the thread object but not the thread.
+        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="httpx-coalesce-redis-reader", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                cycle = self._streams.next_cycle()
+                while cycle is None and not self._closed:
+                    self._condition.wait()
+                    cycle = self._streams.next_cycle()
+                if self._closed or cycle is None:
+                    return
+            try:
+                with _trouble():
+                    pipe = self._reads.pipeline(transaction=False)
+                    pipe.xread(cycle.streams, count=READ_COUNT, block=cycle.block_ms)
+                    if cycle.leases:
+                        pipe.mget(cycle.leases)
+                    replies = pipe.execute()
+                with self._condition:
+                    leases = replies[1] if cycle.leases else []
+                    self._streams.settle(cycle, parse_streams(replies[0]), leases)
+                    self._condition.notify_all()
+            except Exception as error:
+                # Redis trouble, or a bug here: either way no follower is left waiting.
+                trouble = error if isinstance(error, RedisTrouble) else RedisTrouble(repr(error))
+                with self._condition:
+                    self._streams.fail(trouble)
+                    self._condition.notify_all()
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+            self._streams.fail(RedisTrouble("the backend is closed"))
+            self._condition.notify_all()
+
+
+class AsyncioReader:
+    """A reader task for one asyncio event loop's clients."""
+
+    def __init__(
+        self,
+        streams: Streams,
+        reads: Any,
+        commands: Any,
+        gate: Callable[[], contextlib.AbstractAsyncContextManager[None]],
+        longest: float,
+    ) -> None:
+        self._patience = longest + 5.0
+        self._streams = streams
+        self._reads = reads
+        self._commands = commands
+        self._gate = gate
+        self._task: asyncio.Task[None] | None = None
+        self._work = asyncio.Event()
+        self._closed = False
+
+    async def read(
+        self, stream: str, lease_key: str, after: bytes, block: float
+    ) -> tuple[list[Entry], bytes | None]:
+        if self._closed:
+            raise RedisTrouble("the backend is closed")
+        want = Want(stream, lease_key, after, time.monotonic() + block)
+        wake = self._streams.add(want)
+        if want.answered:
+            assert want.entries is not None
+            return want.entries, want.lease
+        want.signal = asyncio.get_running_loop().create_future()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._work.set()
+        try:
+            if wake:
+                async with self._gate():
+                    await self._wake()
+            # The reader answers by the deadline; well past it, something is wrong.
+            await asyncio.wait_for(asyncio.shield(want.signal), block + self._patience)
+        except asyncio.TimeoutError:
+            self._streams.drop(want)
+            raise RedisTrouble("the stream reader did not answer") from None
+        except BaseException:
+            self._streams.drop(want)
+            raise
+        if want.error is not None:
+            raise want.error
+        assert want.entries is not None
+        return want.entries, want.lease
+
+    async def _wake(self) -> None:
+        key = self._streams.wake_key
+        with _trouble():
+            pipe = self._commands.pipeline(transaction=False)
+            pipe.xadd(*_wake_args(key), maxlen=1, approximate=False)
+            pipe.pexpire(key, WAKE_TTL_MS)
+            await pipe.execute()
+
+    async def _run(self) -> None:
+        while not self._closed:
+            cycle = self._streams.next_cycle()
+            if cycle is None:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            try:
+                with _trouble():
+                    pipe = self._reads.pipeline(transaction=False)
+                    pipe.xread(cycle.streams, count=READ_COUNT, block=cycle.block_ms)
+                    if cycle.leases:
+                        pipe.mget(cycle.leases)
+                    replies = await pipe.execute()
+                answered = self._streams.settle(
+                    cycle, parse_streams(replies[0]), replies[1] if cycle.leases else []
+                )
+            except RedisTrouble as trouble:
+                answered = self._streams.fail(trouble)
+            except Exception as error:
+                # A bug here must not strand followers: they hear it as Redis trouble.
+                answered = self._streams.fail(RedisTrouble(f"{type(error).__name__}: {error}"))
+            for want in answered:
+                if want.signal is not None and not want.signal.done():
+                    want.signal.set_result(None)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._work.set()
+        task, self._task = self._task, None
+        if task is not None:
+            # redis-py may absorb the cancellation of a blocked read (it only drops the
+            # connection): the closed flag ends the loop then, and closing is not held
+            # up by a read that has up to a heartbeat to run.
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+        for want in self._streams.fail(RedisTrouble("the backend is closed")):
+            if want.signal is not None and not want.signal.done():
+                want.signal.set_result(None)
