@@ -285,7 +285,7 @@ class SyncOps:
             with self._readers_lock:
                 reader = self._readers.get(tag)
                 if reader is None:
-                    streams = Streams(tag, self._prefix, self.block)
+                    streams = Streams(tag, self._prefix, self.block, self._cluster)
                     reader = ThreadReader(streams, self._reads, self._commands, self._gated, self.block)
                     self._readers[tag] = reader
         return reader
@@ -366,7 +366,7 @@ class AsyncioOps:
         tag = tag_of(stream) if self._cluster else "{hc}"
         reader = self._readers.get(tag)
         if reader is None:
-            streams = Streams(tag, self._prefix, self.block)
+            streams = Streams(tag, self._prefix, self.block, self._cluster)
             reader = self._readers[tag] = AsyncioReader(
                 streams, self._reads, self._commands, self._gated, self.block
             )

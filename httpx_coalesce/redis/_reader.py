@@ -94,12 +94,15 @@ class Cycle:
     streams: dict[str, bytes]
     leases: list[str]
     block_ms: int
+    #: On a Redis Cluster (its pipelines take single-key commands only).
+    cluster: bool
 
 
 class Streams:
     """What one reader reads, and for whom."""
 
-    def __init__(self, tag: str, prefix: str, longest: float) -> None:
+    def __init__(self, tag: str, prefix: str, longest: float, cluster: bool = False) -> None:
+        self._cluster = cluster
         self.wake_key = f"{prefix}wake:{tag}:{new_token()}"
         self._wake_cursor = b"0-0"
         self._longest = longest
@@ -162,7 +165,7 @@ class Streams:
         self._in_flight = streams
         self._cycle_end = until
         block = max(0.001, until - now)
-        return Cycle(streams, list(dict.fromkeys(leases)), max(1, round(block * 1000)))
+        return Cycle(streams, list(dict.fromkeys(leases)), max(1, round(block * 1000)), self._cluster)
 
     def settle(self, cycle: Cycle, read: dict[bytes, list[Entry]], leases: list[Any]) -> list[Want]:
         """Take a cycle's answer; the wants it answered."""
@@ -179,10 +182,11 @@ class Streams:
                 stream.buffer.extend(entries)
                 stream.cursor = entries[-1][0]
             for want in stream.wants:
-                lease = values.get(want.lease_key)
-                if lease is not None and not isinstance(lease, bytes):
-                    raise Garbage(f"unexpected lease value: {lease!r:.100}")
-                stream.lease = lease
+                if want.lease_key in values:
+                    lease = values[want.lease_key]
+                    if lease is not None and not isinstance(lease, bytes):
+                        raise Garbage(f"unexpected lease value: {lease!r:.100}")
+                    stream.lease = lease
             if not stream.wants:
                 continue
             if stream.buffer:
@@ -195,7 +199,9 @@ class Streams:
                 stream.wants.clear()
                 stream.linger_until = now + LINGER
             else:
-                due = [want for want in stream.wants if want.deadline <= now]
+                # A want that joined during this read has no lease value from it: it
+                # waits for the next read, which is due at once.
+                due = [want for want in stream.wants if want.deadline <= now and want.lease_key in values]
                 for want in due:
                     want.entries, want.lease = [], values.get(want.lease_key)
                     stream.wants.remove(want)
@@ -254,6 +260,31 @@ def _trouble() -> Any:
         raise
     except Exception as error:
         raise RedisTrouble(f"{type(error).__name__}: {error}") from error
+
+
+def _cycle_pipeline(client: Any, cycle: Cycle) -> Any:
+    """One cycle's read and its leases, in one round trip: the GETs run after the read
+    returns, so each follower gets its lease as it is after the wait."""
+    pipe = client.pipeline(transaction=False)
+    pipe.xread(cycle.streams, count=READ_COUNT, block=cycle.block_ms)
+    if cycle.leases and cycle.cluster:
+        # A cluster pipeline refuses MGET, even within one slot: one GET each.
+        for lease in cycle.leases:
+            pipe.get(lease)
+    elif cycle.leases:
+        pipe.mget(cycle.leases)
+    return pipe
+
+
+def _leases(replies: list[Any], cycle: Cycle) -> list[Any]:
+    if not cycle.leases:
+        return []
+    if cycle.cluster:
+        return list(replies[1:])
+    leases = replies[1]
+    if not isinstance(leases, list) or len(leases) != len(cycle.leases):
+        raise Garbage(f"unexpected lease values: {leases!r:.100}")
+    return leases
 
 
 def _wake_args(key: str) -> tuple[str, dict[bytes, bytes]]:
@@ -339,14 +370,10 @@ class ThreadReader:
                     return
             try:
                 with _trouble():
-                    pipe = self._reads.pipeline(transaction=False)
-                    pipe.xread(cycle.streams, count=READ_COUNT, block=cycle.block_ms)
-                    if cycle.leases:
-                        pipe.mget(cycle.leases)
+                    pipe = _cycle_pipeline(self._reads, cycle)
                     replies = pipe.execute()
                 with self._condition:
-                    leases = replies[1] if cycle.leases else []
-                    self._streams.settle(cycle, parse_streams(replies[0]), leases)
+                    self._streams.settle(cycle, parse_streams(replies[0]), _leases(replies, cycle))
                     self._condition.notify_all()
             except Exception as error:
                 # Redis trouble, or a bug here: either way no follower is left waiting.
@@ -430,14 +457,8 @@ class AsyncioReader:
                 continue
             try:
                 with _trouble():
-                    pipe = self._reads.pipeline(transaction=False)
-                    pipe.xread(cycle.streams, count=READ_COUNT, block=cycle.block_ms)
-                    if cycle.leases:
-                        pipe.mget(cycle.leases)
-                    replies = await pipe.execute()
-                answered = self._streams.settle(
-                    cycle, parse_streams(replies[0]), replies[1] if cycle.leases else []
-                )
+                    replies = await _cycle_pipeline(self._reads, cycle).execute()
+                answered = self._streams.settle(cycle, parse_streams(replies[0]), _leases(replies, cycle))
             except RedisTrouble as trouble:
                 answered = self._streams.fail(trouble)
             except Exception as error:

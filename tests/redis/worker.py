@@ -33,6 +33,8 @@ def make_transport(config: dict[str, Any]) -> CoalescingTransport:
     options: dict[str, Any] = {"prefix": config["prefix"], "client_name": config["client_name"]}
     if "lease" in config:
         options["lease"] = config["lease"]
+    if config.get("cluster"):
+        options["cluster"] = True
     return CoalescingTransport(
         backend=RedisBackend.from_url(config["redis"], **options), window=config.get("window", 0.0)
     )
