@@ -119,9 +119,13 @@ class Clients:
 
     @staticmethod
     def _wait(commands: Any) -> float:
-        """How long a command may wait for its turn: the client's own timeout (bounded)."""
+        """How long a command may wait for its turn: four socket timeouts, 1 to 5 s.
+
+        The queue is this process's own burst, not Redis being slow (the socket timeout
+        tells that): a busy event loop may take a while to get through it.
+        """
         timeout = _socket_timeout(commands)
-        return 1.0 if timeout is None else max(0.05, min(timeout, 5.0))
+        return 1.0 if timeout is None else max(1.0, min(4 * timeout, 5.0))
 
     def sync_ops(self) -> SyncOps:
         """The ops of the sync clients. Raises RedisTrouble if a client cannot be made."""

@@ -175,6 +175,9 @@ def _block_ms(block: float | None) -> int | None:
 #: command that cannot start within the client's socket timeout is Redis trouble.
 COMMANDS = 16
 
+#: Script calls one pipeline carries at most.
+BATCH = 256
+
 
 def _cluster(client: Any) -> bool:
     return isinstance(client, redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster) or hasattr(
@@ -317,6 +320,15 @@ class AsyncioOps:
         self._acquire = commands.register_script(ACQUIRE)
         self._append = commands.register_script(APPEND)
         self._readers: dict[str, AsyncioReader] = {}
+        self._batch: list[tuple[Any, list[Any], asyncio.Future[Any]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+        if reads is not commands:
+            # Open the readers' connection now, with the first flight: a burst that
+            # needs it later may keep the event loop too busy to finish connecting
+            # within the connect timeout.
+            warming = asyncio.get_running_loop().create_task(self._warm(reads))
+            self._sending.add(warming)
+            warming.add_done_callback(self._sending.discard)
 
     @contextlib.asynccontextmanager
     async def _gated(self) -> AsyncIterator[None]:
@@ -330,9 +342,65 @@ class AsyncioOps:
         finally:
             self._gate.release()
 
+    @staticmethod
+    async def _warm(reads: Any) -> None:
+        with contextlib.suppress(Exception):
+            await reads.ping()
+
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run *script*. The calls of all flights made in one turn of the event loop go
+        out as one pipeline (a burst of elections is one round trip on one connection,
+        not one connection each); a cluster, whose pipelines refuse scripts, gets one
+        call each."""
+        if self._cluster:
+            async with self._gated():
+                return await script(keys=keys, args=args)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._batch.append((script, [*keys, *args], future))
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(self._send_batch)
+        return await future
+
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        for start in range(0, len(batch), BATCH):
+            task = asyncio.get_running_loop().create_task(self._send(batch[start : start + BATCH]))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[Any, list[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            async with self._gated():
+                replies = await self._pipelined(batch)
+                if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
+                    # A Redis restarted or flushed since: load the scripts, once more.
+                    for script in {id(script): script for script, _, _ in batch}.values():
+                        await self._commands.script_load(script.script)
+                    replies = await self._pipelined(batch)
+        except RedisTrouble as trouble:
+            replies = [trouble] * len(batch)
+        for (_, _, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                error = (
+                    reply
+                    if isinstance(reply, RedisTrouble)
+                    else RedisTrouble(f"{type(reply).__name__}: {reply}")
+                )
+                future.set_exception(error)
+            else:
+                future.set_result(reply)
+
+    async def _pipelined(self, batch: list[tuple[Any, list[Any], asyncio.Future[Any]]]) -> list[Any]:
+        pipe = self._commands.pipeline(transaction=False)
+        for script, arguments, _ in batch:
+            numkeys = 1 if script is self._acquire else 2
+            pipe.evalsha(script.sha, numkeys, *arguments)
+        return list(await pipe.execute(raise_on_error=False))
+
     async def acquire(self, lease: Lease, lease_ms: int) -> str | None:
-        async with self._gated():
-            reply = await self._acquire(keys=[lease.key], args=[lease.token, lease_ms])
+        reply = await self._call(self._acquire, [lease.key], [lease.token, lease_ms])
         return _acquired(reply, lease.token)
 
     async def append(
@@ -344,11 +412,8 @@ class AsyncioOps:
         final: bool,
         expect_stream: bool = False,
     ) -> bool:
-        async with self._gated():
-            reply = await self._append(
-                keys=[lease.key, lease.stream],
-                args=_append_args(lease.token, records, lease_ms, ttl_ms, final, expect_stream),
-            )
+        args = _append_args(lease.token, records, lease_ms, ttl_ms, final, expect_stream)
+        reply = await self._call(self._append, [lease.key, lease.stream], args)
         return _appended(reply)
 
     async def read(self, lease_key: str, stream: str, after: bytes, block: float | None) -> Read:

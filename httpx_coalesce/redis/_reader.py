@@ -104,6 +104,8 @@ class Streams:
     def __init__(self, tag: str, prefix: str, longest: float, cluster: bool = False) -> None:
         self._cluster = cluster
         self.wake_key = f"{prefix}wake:{tag}:{new_token()}"
+        #: When the wake stream's expiry is next pushed back (monotonic seconds).
+        self.wake_expiry_renewal = 0.0
         self._wake_cursor = b"0-0"
         self._longest = longest
         self._streams: dict[str, _Stream] = {}
@@ -287,8 +289,17 @@ def _leases(replies: list[Any], cycle: Cycle) -> list[Any]:
     return leases
 
 
-def _wake_args(key: str) -> tuple[str, dict[bytes, bytes]]:
-    return key, {WAKE_FIELD: b"1"}
+def _wake_pipeline(client: Any, streams: Streams) -> Any:
+    """The write that wakes a reader: one entry in its wake stream, whose expiry is
+    pushed back only now and then (a wake is one command, and the key still goes
+    within WAKE_TTL_MS of the reader's end)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.xadd(streams.wake_key, {WAKE_FIELD: b"1"}, maxlen=1, approximate=False)
+    now = time.monotonic()
+    if now >= streams.wake_expiry_renewal:
+        streams.wake_expiry_renewal = now + WAKE_TTL_MS / 2000
+        pipe.pexpire(streams.wake_key, WAKE_TTL_MS)
+    return pipe
 
 
 class ThreadReader:
@@ -345,12 +356,8 @@ class ThreadReader:
         return want.entries, want.lease
 
     def _wake(self) -> None:
-        key = self._streams.wake_key
         with _trouble():
-            pipe = self._commands.pipeline(transaction=False)
-            pipe.xadd(*_wake_args(key), maxlen=1, approximate=False)
-            pipe.pexpire(key, WAKE_TTL_MS)
-            pipe.execute()
+            _wake_pipeline(self._commands, self._streams).execute()
 
     def _ensure_thread(self) -> None:
         # A forked child inherits the thread object but not the thread.
@@ -441,12 +448,8 @@ class AsyncioReader:
         return want.entries, want.lease
 
     async def _wake(self) -> None:
-        key = self._streams.wake_key
         with _trouble():
-            pipe = self._commands.pipeline(transaction=False)
-            pipe.xadd(*_wake_args(key), maxlen=1, approximate=False)
-            pipe.pexpire(key, WAKE_TTL_MS)
-            await pipe.execute()
+            await _wake_pipeline(self._commands, self._streams).execute()
 
     async def _run(self) -> None:
         while not self._closed:

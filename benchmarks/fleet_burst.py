@@ -1,0 +1,417 @@
+"""The fleet at scale: bursts across processes, and what each flight costs Redis.
+
+Run from the repository root: ``python -m benchmarks.fleet_burst`` (a few minutes on 2
+cores). Starts a private ``redis-server`` (nothing on disk, default ``maxclients``), a
+loopback upstream whose answer takes ``ANSWER_SECONDS`` (an LLM call, not a cache hit),
+and worker processes that fire their whole burst at once. Side by side with no backend
+(every process alone). Per row: upstream calls, flights that failed open (Redis trouble:
+``redis_errors``), failed requests, p50/p99 latency, Redis connections opened, refused
+(``rejected_connections``) and the most open at once, commands (``INFO commandstats``)
+and round trips (client-side: one per command or pipeline sent) per flight, and Redis's
+memory peak. Writes ``benchmarks/results/fleet_burst.json``.
+
+``run_burst()`` is what tests/redis/test_burst.py runs, at a small size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import redis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from httpx_coalesce import CoalescingTransport
+from httpx_coalesce._demo.server import LocalServer
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "fleet_burst.json"
+ANSWER_SECONDS = 1.0
+EVENTS = 4
+
+
+class Upstream:
+    """Counts calls; answers after ANSWER_SECONDS, whole (/answer) or as SSE (/sse)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.hits = 0
+        self._lock = threading.Lock()
+        self._seconds = seconds
+        self.app = Starlette(
+            routes=[
+                Route("/answer", self.answer, methods=["POST"]),
+                Route("/sse", self.sse, methods=["POST"]),
+            ]
+        )
+
+    def _hit(self) -> None:
+        with self._lock:
+            self.hits += 1
+
+    async def answer(self, request: Request) -> Response:
+        body = await request.body()
+        self._hit()
+        await anyio.sleep(self._seconds)
+        return Response(b'{"answer": "' + body[:64].hex().encode() + b'"}', media_type="application/json")
+
+    async def sse(self, request: Request) -> StreamingResponse:
+        await request.body()
+        self._hit()
+
+        async def events() -> Any:
+            for number in range(EVENTS):
+                await anyio.sleep(self._seconds / EVENTS)
+                yield b'data: {"n": %d}\n\n' % number
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+# -- a worker process ------------------------------------------------------------------
+
+
+class RoundTrips:
+    """Counts what redis-py sends: one command, or one whole pipeline, per send."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        import redis.asyncio.connection
+        import redis.connection
+
+        for cls in (redis.connection.AbstractConnection, redis.asyncio.connection.AbstractConnection):
+            self._wrap(cls)
+
+    def _wrap(self, cls: Any) -> None:
+        original = cls.send_packed_command
+        counter = self
+
+        if redis.asyncio.connection.AbstractConnection is cls:
+
+            async def counted_async(self: Any, *args: Any, **kwargs: Any) -> Any:
+                counter.count += 1
+                return await original(self, *args, **kwargs)
+
+            cls.send_packed_command = counted_async  # type: ignore[method-assign]
+        else:
+
+            def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+                counter.count += 1
+                return original(self, *args, **kwargs)
+
+            cls.send_packed_command = counted
+
+
+def emit(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+async def worker(config: dict[str, Any]) -> None:
+    from httpx_coalesce.redis import RedisBackend
+
+    trips = RoundTrips()
+    backend = None
+    if config["redis"]:
+        backend = RedisBackend.from_url(config["redis"], prefix=config["prefix"], client_name=config["name"])
+    transport = CoalescingTransport(backend=backend)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    latencies: list[float] = []
+    failures: list[str] = []
+    path = "/sse" if config["streamed"] else "/answer"
+    async with httpx.AsyncClient(transport=transport, limits=limits, timeout=60.0) as client:
+        if config["warm"]:
+            # Connections to Redis and the upstream opened before the burst, as in a process
+            # that has served before: the burst then measures the backend, not cold connects
+            # on an event loop too busy to finish them within the 0.25 s connect timeout.
+            await client.post(f"{config['url']}{path}", json={"warm": config["name"], "pid": os.getpid()})
+        emit("ready")
+        await anyio.to_thread.run_sync(sys.stdin.readline)
+        trips.count = 0
+
+        async def call(key: int) -> None:
+            started = time.perf_counter()
+            try:
+                response = await client.post(f"{config['url']}{path}", json={"key": f"{config['run']}-{key}"})
+                if response.status_code != 200:
+                    failures.append(f"status {response.status_code}")
+                else:
+                    latencies.append(time.perf_counter() - started)
+            except Exception as error:
+                failures.append(f"{type(error).__name__}: {error}")
+
+        async with anyio.create_task_group() as group:
+            for key in range(config["keys"]):
+                for _ in range(config["callers"]):
+                    group.start_soon(call, key)
+    stats = transport.stats()
+    transport.close()
+    emit(
+        "done",
+        latencies=latencies,
+        failures=failures[:5],
+        failed=len(failures),
+        redis_errors=stats.redis_errors,
+        redis_led=stats.redis_led,
+        round_trips=trips.count,
+    )
+
+
+# -- the coordinator -------------------------------------------------------------------
+
+
+class Process:
+    def __init__(self, config: dict[str, Any], pythonpath: str | None) -> None:
+        env = dict(os.environ)
+        if pythonpath:
+            env["PYTHONPATH"] = pythonpath
+        self.process = subprocess.Popen(
+            # Run as a script, not with -m: the repository root is then not first on the path,
+            # so --pythonpath can put another version of httpx_coalesce before this one.
+            [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(config)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+
+    def expect(self, event: str) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker exited with {self.process.wait()}")
+        message: dict[str, Any] = json.loads(line)
+        if message["event"] != event:
+            raise RuntimeError(f"expected {event}, got {message}")
+        return message
+
+    def go(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+
+def _commands(client: redis.Redis) -> int:
+    stats: dict[str, Any] = client.info("commandstats")
+    # Only what the backend sends: not the observer's own INFO / CONFIG / CLIENT calls.
+    return sum(
+        int(value["calls"])
+        for name, value in stats.items()
+        if not name.startswith(("cmdstat_info", "cmdstat_config", "cmdstat_client", "cmdstat_ping"))
+    )
+
+
+def run_burst(
+    redis_url: str | None,
+    *,
+    processes: int,
+    keys: int,
+    callers: int,
+    streamed: bool = False,
+    seconds: float = ANSWER_SECONDS,
+    pythonpath: str | None = None,
+    warm: bool = False,
+) -> dict[str, Any]:
+    """One burst: *processes* workers, each *keys* distinct requests x *callers*, at once.
+
+    The Redis at *redis_url* should be private: its statistics are reset and read.
+    """
+    upstream = Upstream(seconds)
+    observer = redis.Redis.from_url(redis_url) if redis_url else None
+    peak_clients = 0
+    sampling = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak_clients
+        assert observer is not None
+        while not sampling.is_set():
+            peak_clients = max(peak_clients, int(observer.info("clients")["connected_clients"]) - 1)
+            sampling.wait(0.02)
+
+    with LocalServer(upstream.app) as server:
+        run = uuid.uuid4().hex[:8]
+        configs = [
+            {
+                "redis": redis_url,
+                "prefix": f"burst:{run}:",
+                "name": f"burst-{run}",
+                "url": server.url,
+                "keys": keys,
+                "callers": callers,
+                "streamed": streamed,
+                "run": run,
+                "warm": warm,
+            }
+            for _ in range(processes)
+        ]
+        workers = [Process(config, pythonpath) for config in configs]
+        try:
+            for process in workers:
+                process.expect("ready")
+            upstream.hits = 0
+            sampler = None
+            if observer is not None:
+                observer.config_resetstat()
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+                before = observer.info("stats")
+            started = time.perf_counter()
+            for process in workers:
+                process.go()
+            dones = [process.expect("done") for process in workers]
+            elapsed = time.perf_counter() - started
+        finally:
+            for process in workers:
+                process.stop()
+            sampling.set()
+    latencies = sorted(latency for done in dones for latency in done["latencies"])
+    result: dict[str, Any] = {
+        "processes": processes,
+        "keys": keys,
+        "callers": callers,
+        "streamed": streamed,
+        "warm": warm,
+        "backend": "redis" if redis_url else "none",
+        "upstream_calls": upstream.hits,
+        "fail_open": sum(done["redis_errors"] for done in dones),
+        "failed": sum(done["failed"] for done in dones),
+        "failures": [failure for done in dones for failure in done["failures"]][:5],
+        "p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
+        "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1) if latencies else None,
+        "seconds": round(elapsed, 2),
+    }
+    if observer is not None:
+        after = observer.info("stats")
+        flights = max(1, upstream.hits)
+        result.update(
+            connections_opened=int(after["total_connections_received"])
+            - int(before["total_connections_received"]),
+            refused=int(after["rejected_connections"]) - int(before["rejected_connections"]),
+            peak_connections=peak_clients,
+            commands_per_flight=round(_commands(observer) / flights, 1),
+            round_trips_per_flight=round(sum(done["round_trips"] for done in dones) / flights, 1),
+            memory_peak_mb=round(int(observer.info("memory")["used_memory_peak"]) / 2**20, 1),
+            commands={
+                name.removeprefix("cmdstat_"): int(value["calls"])
+                for name, value in observer.info("commandstats").items()
+            },
+        )
+        for key in observer.scan_iter(match=f"burst:{run}:*", count=1000):
+            observer.delete(key)
+        observer.close()
+    return result
+
+
+def start_redis() -> tuple[str, subprocess.Popen[bytes]]:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    client.close()
+    return url, process
+
+
+ROWS = [
+    # (processes, keys, callers, streamed)
+    (8, 1, 100, False),
+    (8, 1, 100, True),
+    (8, 500, 10, False),
+    (8, 2000, 1, False),
+]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    columns: list[tuple[str, Callable[[dict[str, Any]], object]]] = [
+        (
+            "burst",
+            lambda r: f"{r['processes']}x{r['keys']}x{r['callers']} {'SSE' if r['streamed'] else 'JSON'}",
+        ),
+        ("backend", lambda r: r["backend"]),
+        ("calls", lambda r: r["upstream_calls"]),
+        ("fail-open", lambda r: r["fail_open"]),
+        ("failed", lambda r: r["failed"]),
+        ("p50 ms", lambda r: r["p50_ms"]),
+        ("p99 ms", lambda r: r["p99_ms"]),
+        ("conns opened", lambda r: r.get("connections_opened", "")),
+        ("refused", lambda r: r.get("refused", "")),
+        ("peak conns", lambda r: r.get("peak_connections", "")),
+        ("cmds/flight", lambda r: r.get("commands_per_flight", "")),
+        ("round trips/flight", lambda r: r.get("round_trips_per_flight", "")),
+        ("mem peak MB", lambda r: r.get("memory_peak_mb", "")),
+    ]
+    lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(get(row)) for _, get in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--rows", default="all", help="comma-separated row numbers (0-based), or all")
+    parser.add_argument("--pythonpath", help="import httpx_coalesce from here (to measure another version)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the rows without a backend")
+    args = parser.parse_args()
+    if args.worker:
+        anyio.run(worker, json.loads(args.worker))
+        return
+    chosen = ROWS if args.rows == "all" else [ROWS[int(n)] for n in args.rows.split(",")]
+    url, server = start_redis()
+    results: list[dict[str, Any]] = []
+    try:
+        for processes, keys, callers, streamed in chosen:
+            backends: list[str | None] = [url] if args.no_baseline else [None, url]
+            for backend in backends:
+                row = run_burst(
+                    backend,
+                    processes=processes,
+                    keys=keys,
+                    callers=callers,
+                    streamed=streamed,
+                    pythonpath=args.pythonpath,
+                )
+                results.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+    finally:
+        server.kill()
+    print(table(results))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
