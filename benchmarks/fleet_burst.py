@@ -127,12 +127,14 @@ async def worker(config: dict[str, Any]) -> None:
     backend = None
     if config["redis"]:
         backend = RedisBackend.from_url(config["redis"], prefix=config["prefix"], client_name=config["name"])
-    transport = CoalescingTransport(backend=backend)
+    # An inner transport without a connection cap: with no backend every process sends
+    # all its keys upstream at once, and a pool of 100 would queue them.
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    transport = CoalescingTransport(httpx.AsyncHTTPTransport(limits=limits), backend=backend)
     latencies: list[float] = []
     failures: list[str] = []
     path = "/sse" if config["streamed"] else "/answer"
-    async with httpx.AsyncClient(transport=transport, limits=limits, timeout=60.0) as client:
+    async with httpx.AsyncClient(transport=transport, timeout=60.0) as client:
         if config["warm"]:
             # Connections to Redis and the upstream opened before the burst, as in a process
             # that has served before: the burst then measures the backend, not cold connects

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import redis
 import redis.cluster
+import valkey
 
 from httpx_coalesce import CoalescingTransport
 from httpx_coalesce.redis import RedisBackend
@@ -214,14 +215,11 @@ async def test_sentinel_backends_coalesce_on_the_master_they_name(
     )
 
 
-def test_sync_callers_coalesce_on_a_cluster(
-    upstream: Upstream, base_url: str, redis_cluster: Cluster, prefix: str
+def sync_transports_share_one_call(
+    upstream: Upstream, base_url: str, backends: list[RedisBackend], nodes: list[Node], follower_name: str
 ) -> None:
-    # The thread side: the sync clients, the lease keeper and the reader thread.
-    backends = [
-        RedisBackend.from_url(redis_cluster.url, cluster=True, prefix=prefix, client_name=f"{prefix}{n}")
-        for n in range(2)
-    ]
+    """The thread side (sync clients, the lease keeper, the reader thread): a leader's
+    transport and a follower's (its clients named *follower_name*), one upstream call."""
     transports = [CoalescingTransport(backend=backend) for backend in backends]
     upstream.hold()
     results: list[int] = []
@@ -235,7 +233,7 @@ def test_sync_callers_coalesce_on_a_cluster(
     until_sync(lambda: upstream.hits["/echo"] == 1)
     second = threading.Thread(target=call, args=(transports[1],))
     second.start()
-    until_sync(lambda: blocked_on(redis_cluster.nodes, f"{prefix}1") == 1)
+    until_sync(lambda: blocked_on(nodes, follower_name) == 1)
     upstream.gate.set()
     first.join()
     second.join()
@@ -244,6 +242,32 @@ def test_sync_callers_coalesce_on_a_cluster(
     assert transports[1].stats().redis_followed == 1
     for transport in transports:
         transport.close()
+
+
+def test_sync_callers_coalesce_on_a_cluster(
+    upstream: Upstream, base_url: str, redis_cluster: Cluster, prefix: str
+) -> None:
+    backends = [
+        RedisBackend.from_url(redis_cluster.url, cluster=True, prefix=prefix, client_name=f"{prefix}{n}")
+        for n in range(2)
+    ]
+    sync_transports_share_one_call(upstream, base_url, backends, redis_cluster.nodes, f"{prefix}1")
+
+
+def test_valkeys_own_python_client_fits_the_backend(
+    upstream: Upstream, base_url: str, valkey_server: Node, prefix: str
+) -> None:
+    # valkey-py is a fork of redis-py: same methods, other classes (typed for redis-py).
+    clients = [
+        valkey.Valkey(port=valkey_server.port, socket_timeout=1.0, client_name=f"{prefix}{n}")
+        for n in range(2)
+    ]
+    backends = [RedisBackend(client, prefix=prefix) for client in clients]  # type: ignore[arg-type]
+    try:
+        sync_transports_share_one_call(upstream, base_url, backends, [valkey_server], f"{prefix}1")
+    finally:
+        for client in clients:
+            client.close()  # type: ignore[no-untyped-call]
 
 
 # -- what is refused at construction, and what fails open ----------------------------------
