@@ -303,7 +303,8 @@ def run_burst(
     }
     if observer is not None:
         after = observer.info("stats")
-        flights = max(1, upstream.hits)
+        # Per fleet-wide request (a key), whether it took one flight or, failing open, more.
+        flights = keys
         result.update(
             connections_opened=int(after["total_connections_received"])
             - int(before["total_connections_received"]),

@@ -165,7 +165,9 @@ async def test_a_redis_cluster_client_given_to_the_backend_coalesces(
     make_transport: MakeTransport, upstream: Upstream, base_url: str, redis_cluster: Cluster, prefix: str
 ) -> None:
     clients = [
-        redis.cluster.RedisCluster.from_url(redis_cluster.url, socket_timeout=5.0, client_name=f"{prefix}{n}")
+        redis.cluster.RedisCluster(
+            host="127.0.0.1", port=redis_cluster.nodes[0].port, socket_timeout=5.0, client_name=f"{prefix}{n}"
+        )
         for n in range(2)
     ]
     try:
