@@ -322,13 +322,10 @@ class AsyncioOps:
         self._readers: dict[str, AsyncioReader] = {}
         self._batch: list[tuple[Any, list[Any], asyncio.Future[Any]]] = []
         self._sending: set[asyncio.Task[None]] = set()
-        if reads is not commands:
-            # Open the readers' connection now, with the first flight: a burst that
-            # needs it later may keep the event loop too busy to finish connecting
-            # within the connect timeout.
-            warming = asyncio.get_running_loop().create_task(self._warm(reads))
-            self._sending.add(warming)
-            warming.add_done_callback(self._sending.discard)
+        #: Open the readers' connection once Redis first answered: a burst that needs it
+        #: later may keep the event loop too busy to finish connecting within the
+        #: connect timeout. (Not before: a failing Redis is left alone after one try.)
+        self._cold_reads = reads is not commands
 
     @contextlib.asynccontextmanager
     async def _gated(self) -> AsyncIterator[None]:
@@ -342,6 +339,13 @@ class AsyncioOps:
         finally:
             self._gate.release()
 
+    def _answered(self) -> None:
+        if self._cold_reads:
+            self._cold_reads = False
+            warming = asyncio.get_running_loop().create_task(self._warm(self._reads))
+            self._sending.add(warming)
+            warming.add_done_callback(self._sending.discard)
+
     @staticmethod
     async def _warm(reads: Any) -> None:
         with contextlib.suppress(Exception):
@@ -354,7 +358,9 @@ class AsyncioOps:
         call each."""
         if self._cluster:
             async with self._gated():
-                return await script(keys=keys, args=args)
+                reply = await script(keys=keys, args=args)
+            self._answered()
+            return reply
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._batch.append((script, [*keys, *args], future))
         if len(self._batch) == 1:
@@ -377,6 +383,7 @@ class AsyncioOps:
                     for script in {id(script): script for script, _, _ in batch}.values():
                         await self._commands.script_load(script.script)
                     replies = await self._pipelined(batch)
+            self._answered()
         except RedisTrouble as trouble:
             replies = [trouble] * len(batch)
         for (_, _, future), reply in zip(batch, replies, strict=True):
