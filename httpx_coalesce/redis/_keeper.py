@@ -8,6 +8,7 @@ sleeps while no lease is held and stops with the backend.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -131,6 +132,11 @@ class LeaseKeeper:
             thread.join(timeout=5.0)
 
     def _run(self) -> None:
+        # Connect now, while the first lease is young: the first renewal may otherwise
+        # have to connect in the middle of a burst, on a starved machine, within the
+        # 0.25 s connect timeout.
+        with contextlib.suppress(RedisTrouble):
+            self._ops().ping()
         while True:
             with self._condition:
                 while not self._holds and not self._closed:

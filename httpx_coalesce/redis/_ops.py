@@ -256,6 +256,11 @@ class SyncOps:
             )
         return _appended(reply)
 
+    def ping(self) -> None:
+        """Open a connection ahead of need (errors are the caller's to ignore)."""
+        with self._gated():
+            self._commands.ping()
+
     def renew(self, leases: Sequence[Lease], lease_ms: int, ttl_ms: int) -> list[bool]:
         """Extend many leases in one call per slot; False for each no longer held."""
         held = [False] * len(leases)
@@ -329,10 +334,16 @@ class AsyncioOps:
 
     @contextlib.asynccontextmanager
     async def _gated(self) -> AsyncIterator[None]:
-        try:
-            await asyncio.wait_for(self._gate.acquire(), self._wait)
-        except asyncio.TimeoutError:
-            raise RedisTrouble(f"{COMMANDS} Redis commands already in progress for {self._wait} s") from None
+        if self._gate.locked():
+            try:
+                await asyncio.wait_for(self._gate.acquire(), self._wait)
+            except asyncio.TimeoutError:
+                raise RedisTrouble(
+                    f"{COMMANDS} Redis commands already in progress for {self._wait} s"
+                ) from None
+        else:
+            # Free: taken at once, without the task wait_for would start.
+            await self._gate.acquire()
         try:
             with _trouble():
                 yield
