@@ -126,7 +126,13 @@ async def worker(config: dict[str, Any]) -> None:
     trips = RoundTrips()
     backend = None
     if config["redis"]:
-        backend = RedisBackend.from_url(config["redis"], prefix=config["prefix"], client_name=config["name"])
+        backend = RedisBackend.from_url(
+            config["redis"],
+            prefix=config["prefix"],
+            client_name=config["name"],
+            socket_timeout=config["timeout"],
+            socket_connect_timeout=config["timeout"],
+        )
     # An inner transport without a connection cap: with no backend every process sends
     # all its keys upstream at once, and a pool of 100 would queue them.
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
@@ -232,6 +238,7 @@ def run_burst(
     seconds: float = ANSWER_SECONDS,
     pythonpath: str | None = None,
     warm: bool = False,
+    timeout: float = 0.25,
 ) -> dict[str, Any]:
     """One burst: *processes* workers, each *keys* distinct requests x *callers*, at once.
 
@@ -262,6 +269,7 @@ def run_burst(
                 "streamed": streamed,
                 "run": run,
                 "warm": warm,
+                "timeout": timeout,
             }
             for _ in range(processes)
         ]

@@ -379,7 +379,10 @@ class AsyncioOps:
         return await future
 
     def _send_batch(self) -> None:
-        batch, self._batch = self._batch, []
+        # A call whose caller was cancelled meanwhile is not sent: an election nobody
+        # waits for would leave a lease that no leader releases.
+        batch = [call for call in self._batch if not call[2].done()]
+        self._batch = []
         for start in range(0, len(batch), BATCH):
             task = asyncio.get_running_loop().create_task(self._send(batch[start : start + BATCH]))
             self._sending.add(task)
