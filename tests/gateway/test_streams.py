@@ -30,22 +30,22 @@ def test_a_client_leaving_mid_stream_does_not_disturb_the_others(
 ) -> None:
     url = gateway.url + "/up/sse?events=6&hold=3"
     upstream.hold()
-    first = threading.Semaphore(0)
-    left = threading.Event()
+    staying_first = threading.Semaphore(0)
 
     def leave_after_one_event() -> None:
         with httpx.stream("POST", url, content=b"stream", timeout=30) as response:
             for line in response.iter_lines():
                 if line.startswith("data:"):
-                    first.release()
+                    # Leave only once both others have an event, so are in the flight: a
+                    # client leaving a flight it has alone rightly cancels the call, and
+                    # the others would then make a second one.
+                    for _ in range(2):
+                        assert staying_first.acquire(timeout=15)
                     break
-        left.set()
 
     with ThreadPoolExecutor(3) as pool:
-        staying = [pool.submit(read_events, url, first) for _ in range(2)]
+        staying = [pool.submit(read_events, url, staying_first) for _ in range(2)]
         leaving = pool.submit(leave_after_one_event)
-        for _ in range(3):
-            assert first.acquire(timeout=15)
         leaving.result()
         # The leaver's seat is gone; the flight goes on for the two others.
         wait_for(lambda: gateway.waiters() == 2)
