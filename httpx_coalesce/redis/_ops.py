@@ -28,7 +28,7 @@ import redis.cluster
 
 from ._errors import Garbage, RedisTrouble
 from ._names import is_token, tag_of
-from ._reader import READ_COUNT, AsyncioReader, Streams, ThreadReader
+from ._reader import READ_COUNT, AsyncioReader, Streams, ThreadReader, parse_entries
 from ._records import Record
 from ._scripts import ACQUIRE, APPEND, RENEW
 
@@ -138,19 +138,7 @@ def _entries(reply: Any) -> list[Entry]:
         streams = [reply[0][1]]
     else:
         raise Garbage(f"unexpected stream read: {reply!r:.100}")
-    entries: list[Entry] = []
-    for stream in streams:
-        for item in stream:
-            if not isinstance(item, list | tuple) or len(item) != 2:
-                raise Garbage(f"unexpected stream entry: {item!r:.100}")
-            entry_id, fields = item
-            if not isinstance(entry_id, bytes) or not isinstance(fields, dict):
-                raise Garbage(f"unexpected stream entry: {item!r:.100}")
-            kind, data = fields.get(b"t"), fields.get(b"d")
-            if not isinstance(kind, bytes) or not isinstance(data, bytes):
-                raise Garbage(f"unexpected stream entry: {item!r:.100}")
-            entries.append((entry_id, kind, data))
-    return entries
+    return [entry for stream in streams for entry in parse_entries(stream)]
 
 
 def _lease_value(reply: Any) -> bytes | None:

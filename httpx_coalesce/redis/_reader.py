@@ -33,7 +33,7 @@ from typing import Any
 from ._errors import Garbage, RedisTrouble
 from ._names import new_token
 
-__all__ = ["AsyncioReader", "Cycle", "Streams", "ThreadReader", "Want", "parse_streams"]
+__all__ = ["AsyncioReader", "Cycle", "Streams", "ThreadReader", "Want", "parse_entries", "parse_streams"]
 
 #: (stream entry id, record type, record data)
 Entry = tuple[bytes, bytes, bytes]
@@ -236,22 +236,28 @@ def parse_streams(reply: Any) -> dict[bytes, list[Entry]]:
     for name, items in pairs:
         if isinstance(name, str):
             name = name.encode()
-        entries: list[Entry] = []
-        for item in items:
-            if not isinstance(item, list | tuple) or len(item) != 2:
-                raise Garbage(f"unexpected stream entry: {item!r:.100}")
-            entry_id, fields = item
-            if not isinstance(entry_id, bytes) or not isinstance(fields, dict):
-                raise Garbage(f"unexpected stream entry: {item!r:.100}")
-            kind, data = fields.get(b"t"), fields.get(b"d")
-            if kind is None and data is None and WAKE_FIELD in fields:
-                # A wake stream's entry: only its id counts.
-                kind, data = WAKE_FIELD, b""
-            if not isinstance(kind, bytes) or not isinstance(data, bytes):
-                raise Garbage(f"unexpected stream entry: {item!r:.100}")
-            entries.append((entry_id, kind, data))
-        streams[name] = entries
+        streams[name] = parse_entries(items, wakes=True)
     return streams
+
+
+def parse_entries(items: Any, wakes: bool = False) -> list[Entry]:
+    """One stream's entries as (id, record type, data); with *wakes*, a wake stream's
+    entries too (type ``WAKE_FIELD``). Anything else is Garbage."""
+    entries: list[Entry] = []
+    for item in items:
+        if not isinstance(item, list | tuple) or len(item) != 2:
+            raise Garbage(f"unexpected stream entry: {item!r:.100}")
+        entry_id, fields = item
+        if not isinstance(entry_id, bytes) or not isinstance(fields, dict):
+            raise Garbage(f"unexpected stream entry: {item!r:.100}")
+        kind, data = fields.get(b"t"), fields.get(b"d")
+        if wakes and kind is None and data is None and WAKE_FIELD in fields:
+            # A wake stream's entry: only its id counts.
+            kind, data = WAKE_FIELD, b""
+        if not isinstance(kind, bytes) or not isinstance(data, bytes):
+            raise Garbage(f"unexpected stream entry: {item!r:.100}")
+        entries.append((entry_id, kind, data))
+    return entries
 
 
 @contextlib.contextmanager
