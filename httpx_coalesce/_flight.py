@@ -105,7 +105,6 @@ class Flight:
         "lock",
         "oversized",
         "pump_signal",
-        "reading",
         "replay",
         "seats",
         "shares_whole",
@@ -140,11 +139,9 @@ class Flight:
         self.demand = False
         #: Wakes the pump of a live body (made when one is published).
         self.pump_signal: Signal | None = None
-        #: A live body of known length within the memory bound: a reader that starts
-        #: while another already reads it waits for the whole, and shares it.
+        #: A live body of known length within the memory bound: a reader that reads it
+        #: whole (httpx's ``read()``) waits for the whole, and shares it.
         self.shares_whole = False
-        #: Some reader has started reading the live body chunk by chunk.
-        self.reading = False
         #: Readers waiting for the whole body: they want every chunk, as fast as it comes.
         self.whole_waiters = 0
         #: Wakes the readers waiting for the whole body: only at the end, not per chunk
@@ -256,27 +253,28 @@ class Flight:
         whole_signal = self.whole_signal
         return whole_signal if seat.whole and whole_signal is not None else self.signal
 
-    def start_reading(self, seat: Seat) -> None:
+    def start_reading(self, seat: Seat, reads_whole: bool) -> None:
         """*seat*'s stream begins to read (once, lock held).
 
-        A body of known length within the memory bound that another reader already
-        reads chunk by chunk: this one waits for the whole and takes it as one object,
-        shared by every such reader, so a thousand callers holding ``.content`` hold one
-        copy. Its wanting every chunk keeps the pump going at the upstream's own pace,
-        so it finishes when it would alone. The first reader, and every reader of an
-        event stream or a body of unknown length, reads live.
+        A caller that *reads_whole* (httpx's ``read()``: it sees no byte before the last)
+        of a body of known length within the memory bound waits for the whole and takes
+        it as one object, shared by every such reader, so a thousand callers holding
+        ``.content`` hold one copy. Its wanting every chunk keeps the pump going at the
+        upstream's own pace, so it finishes when it would alone. Every other reader (one
+        iterating the body, or reading an event stream or a body of unknown length)
+        reads live from wherever the flight is: what came so far, then each chunk as it
+        comes, as alone it would see them.
         """
-        if seat.position != 0 or self.replay.complete or seat.whole:
+        if not (reads_whole and self.shares_whole) or seat.whole:
             return
-        if self.shares_whole and self.reading:
-            seat.whole = True
-            self.whole_waiters += 1
-            if self.whole_signal is None:
-                self.whole_signal = self.table.make_signal(self.lock)
-            if self.pump_signal is not None:
-                self.pump_signal.fire()
-        else:
-            self.reading = True
+        if seat.position != 0 or self.replay.complete:
+            return
+        seat.whole = True
+        self.whole_waiters += 1
+        if self.whole_signal is None:
+            self.whole_signal = self.table.make_signal(self.lock)
+        if self.pump_signal is not None:
+            self.pump_signal.fire()
 
     def _whole_ready(self, seat: Seat) -> bool:
         """Whether a reader waiting for the whole body may read now (lock held)."""

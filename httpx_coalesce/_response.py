@@ -9,6 +9,7 @@ back when it is collected.
 from __future__ import annotations
 
 import copy
+import sys
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -86,6 +87,40 @@ def caller_error(template: BaseException, leader: bool, request: Any, library: L
     return fresh_error(template, request, library)
 
 
+#: How far above a seat stream's own frame httpx's ``Response.read()`` may be: its
+#: ``iter_bytes()`` and ``iter_raw()``, the client's timing stream, a comprehension's
+#: frame (before Python 3.12), and room for a wrapper of the caller's.
+_READ_DEPTH = 8
+
+
+def _reads_whole(library: Library) -> bool:
+    """Whether the seat stream whose generator called this is being read by its
+    Response's ``read()`` or ``aread()`` (directly, or through ``Client.send``).
+
+    Such a caller sees no byte before the last: handing it the body whole, at the end,
+    costs it nothing, and lets every such caller share one object. Any other reader
+    sees the chunks as they come, and must get them so. Anything unknown (no frames on
+    this Python, a read() replaced by a wrapper without code) reads live: correct,
+    only less shared.
+    """
+    getframe = getattr(sys, "_getframe", None)
+    if getframe is None:
+        return False
+    readers = {
+        code
+        for method in (getattr(library.Response, "read", None), getattr(library.Response, "aread", None))
+        if (code := getattr(method, "__code__", None)) is not None
+    }
+    frame = getframe(1)  # the stream's generator
+    for _ in range(_READ_DEPTH):
+        frame = frame.f_back
+        if frame is None:
+            return False
+        if frame.f_code in readers:
+            return True
+    return False
+
+
 class _SeatStream:
     def __init__(self, seat: Seat, request: Any, library: Library) -> None:
         self._seat = seat
@@ -144,8 +179,9 @@ class _AsyncSeatStream(_SeatStream):
         replay = flight.replay
         ready = partial(flight.next_data, seat)
         within = self._read_budget()
+        reads_whole = _reads_whole(self._library)
         with flight.lock:
-            flight.start_reading(seat)
+            flight.start_reading(seat, reads_whole)
             signal = flight.signal_for(seat)
         while True:
             size = replay.size
@@ -171,8 +207,9 @@ class _SyncSeatStream(_SeatStream):
         replay = flight.replay
         ready = partial(flight.next_data, seat)
         within = self._read_budget()
+        reads_whole = _reads_whole(self._library)
         with flight.lock:
-            flight.start_reading(seat)
+            flight.start_reading(seat, reads_whole)
             signal = flight.signal_for(seat)
         while True:
             size = replay.size

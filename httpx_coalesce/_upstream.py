@@ -64,9 +64,9 @@ def is_buffered(head: Head, method: str, limits: Limits) -> bool:
 
 
 def shares_whole(head: Head, limits: Limits) -> bool:
-    """Whether a live body may be handed whole to readers that start while another
-    reads it: its length is known and fits in memory, and it is not an event stream
-    (whose readers need every event as it comes)."""
+    """Whether a live body may be handed whole to the readers that read it whole
+    (httpx's ``read()``): its length is known and fits in memory, and it is not an
+    event stream (whose readers need every event as it comes)."""
     length = head.content_length()
     return length is not None and length <= limits.max_body_bytes and not head.is_event_stream()
 

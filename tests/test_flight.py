@@ -243,8 +243,8 @@ def test_a_late_reader_and_a_lagging_reader_get_the_very_same_body_object() -> N
     flight = leader.flight
     flight.publish(Head(200, ((b"content-length", b"6"),), None, None), shares_whole=True)
     with flight.lock:
-        flight.start_reading(leader)
-        flight.start_reading(lagging)  # another reads live: this one waits for the whole
+        flight.start_reading(leader, reads_whole=False)
+        flight.start_reading(lagging, reads_whole=True)  # read(): it waits for the whole
         assert flight.next_data(lagging) is None
     flight.append(b"abc")
     flight.append(b"def")
@@ -255,3 +255,19 @@ def test_a_late_reader_and_a_lagging_reader_get_the_very_same_body_object() -> N
         from_late = flight.next_data(late)
     assert from_lagging == b"abcdef"
     assert from_lagging is from_late
+
+
+def test_a_reader_iterating_from_mid_body_gets_what_came_as_one_object_then_each_chunk() -> None:
+    flights = table()
+    leader, late = join(flights), join(flights)
+    flight = leader.flight
+    flight.publish(Head(200, ((b"content-length", b"9"),), None, None), shares_whole=True)
+    flight.append(b"abc")
+    flight.append(b"def")
+    with flight.lock:
+        flight.start_reading(late, reads_whole=False)  # it iterates: it reads live
+        assert flight.next_data(late) == b"abcdef"
+        assert flight.next_data(late) is None  # at the live edge: it waits for the next
+    flight.append(b"ghi")
+    with flight.lock:
+        assert flight.next_data(late) == b"ghi"

@@ -193,6 +193,30 @@ async def test_a_late_reader_and_a_lagging_reader_get_the_very_same_body_object(
             assert len(late.content) == 100_000
 
 
+@pytest.mark.anyio
+async def test_callers_that_read_whole_responses_hold_one_body_object(
+    lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport
+) -> None:
+    transport = make_transport()
+    upstream.hold()
+    responses: list[Any] = []
+
+    async def get(client: Any) -> None:
+        responses.append(await client.get("/big?size=100000"))  # read() inside send()
+
+    async with lib.AsyncClient(transport=transport, base_url=base_url) as client:
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(get, client)
+            await until(lambda: transport.stats().waiters == 3)
+            upstream.gate.set()
+    # Pass condition: one upstream call, and each caller's .content is the same object
+    # (the first reader included: it, too, sees no byte before the last).
+    assert upstream.hits["/big"] == 1
+    assert responses[0].content is responses[1].content is responses[2].content
+    assert len(responses[0].content) == 100_000
+
+
 def test_threads_that_start_reading_late_share_the_very_same_body_object(
     lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport
 ) -> None:
@@ -210,6 +234,81 @@ def test_threads_that_start_reading_late_share_the_very_same_body_object(
         late.read()
         assert lagging.content is late.content
         assert len(late.content) == 100_000
+
+
+#: Six parts of 8 KiB, of known length; the server sends three, then holds the rest
+#: until the gate opens.
+HELD_URL = "/trickle?parts=6&size=8192&gap=0&hold=3"
+HELD_BODY = b"".join(bytes([65 + n]) * 8192 for n in range(6))
+
+
+@pytest.mark.anyio
+async def test_a_reader_iterating_from_mid_body_gets_what_came_at_once_then_the_rest_live(
+    lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport
+) -> None:
+    transport = make_transport()
+    upstream.hold()
+    async with (
+        lib.AsyncClient(transport=transport, base_url=base_url) as client,
+        client.stream("GET", HELD_URL) as live,
+        client.stream("GET", HELD_URL) as late,
+    ):
+        assert upstream.hits["/trickle"] == 1
+        live_chunks = live.aiter_raw()
+        live_data = b""
+        while len(live_data) < 3 * 8192:
+            live_data += await live_chunks.__anext__()
+        await until(upstream.holding.is_set)
+        late_chunks = late.aiter_raw()
+        with anyio.fail_after(10):  # a hang guard only: before, this waited for the end
+            first = await late_chunks.__anext__()
+        # Pass condition: the late reader has everything that came while the upstream
+        # still holds the rest (as alone, it would have these bytes by now).
+        assert not upstream.gate.is_set()
+        assert first == live_data
+        upstream.gate.set()
+        live_data += b"".join([chunk async for chunk in live_chunks])
+        late_data = first + b"".join([chunk async for chunk in late_chunks])
+    assert live_data == late_data == HELD_BODY
+
+
+def test_a_thread_iterating_from_mid_body_gets_what_came_at_once_then_the_rest_live(
+    lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport
+) -> None:
+    transport = make_transport()
+    upstream.hold()
+    late_data: list[bytes] = []
+    first = threading.Event()
+
+    with (
+        lib.Client(transport=transport, base_url=base_url) as client,
+        client.stream("GET", HELD_URL) as live,
+        client.stream("GET", HELD_URL) as late,
+    ):
+
+        def read_late() -> None:
+            for chunk in late.iter_raw():
+                late_data.append(chunk)
+                first.set()
+
+        assert upstream.hits["/trickle"] == 1
+        live_chunks = live.iter_raw()
+        live_data = b""
+        while len(live_data) < 3 * 8192:
+            live_data += next(live_chunks)
+        until_sync(upstream.holding.is_set)
+        reader = threading.Thread(target=read_late)
+        reader.start()
+        got_first = first.wait(timeout=10)  # a hang guard only: before, it waited for the end
+        upstream.gate.set()
+        # Pass condition: the late reader had everything that came while the upstream
+        # still held the rest.
+        assert got_first
+        assert late_data[0] == live_data
+        live_data += b"".join(live_chunks)
+        reader.join(timeout=30)
+        assert not reader.is_alive()
+    assert live_data == b"".join(late_data) == HELD_BODY
 
 
 @pytest.mark.anyio

@@ -134,15 +134,21 @@ class Upstream:
 
     async def trickle(self, request: Request) -> Response:
         """A body of known length (``parts`` x ``size`` bytes), one part every ``gap``
-        seconds: longer in all than a read timeout that each part alone stays within."""
-        await self._enter(request)
+        seconds: longer in all than a read timeout that each part alone stays within.
+        With ``hold=K`` it sends K parts, then waits for the gate."""
+        hold = int(request.query_params.get("hold", "0"))
+        await self._enter(request, gated=hold == 0)
         parts = int(request.query_params.get("parts", "5"))
         size = int(request.query_params.get("size", "8192"))
         gap = float(request.query_params.get("gap", "0.1"))
 
         async def body() -> AsyncIterator[bytes]:
             for number in range(parts):
-                if number:
+                if number == hold and hold:
+                    self.holding.set()
+                    while not self.gate.is_set():
+                        await anyio.sleep(0.002)
+                elif number:
                     await anyio.sleep(gap)
                 yield bytes([65 + number]) * size
 
