@@ -2,11 +2,15 @@
 
 ``python -m benchmarks.gateway_floor``. Three targets, measured in interleaved rounds
 in one run: the bench server called directly; a bare forwarder (the gateway's server,
-protocol, header rules and upstream pool, but no coalescing, no metrics, no access
-log); and the gateway (``--no-access-log``). One client connection sends unique chat
-completions one after another (unique: nothing coalesces, so this is the price every
-request pays). Reported: the median latency each adds over the direct call, and the
-server's CPU per request, with the gateway's as a ratio to the forwarder's.
+its settings, protocol, header rules and upstream pool, but no coalescing, no metrics,
+no access log); and the gateway (``--no-access-log``). One client connection sends
+unique chat completions one after another (unique: nothing coalesces, so this is the
+price every request pays). Reported: the median latency each adds over the direct
+call, and the server's CPU per request, with the gateway's as a ratio to the
+forwarder's.
+
+``--against DIR`` adds the gateway of another checkout (say a worktree of ``main``) to
+the same rounds, so a change is measured before and after under the same load.
 """
 
 from __future__ import annotations
@@ -88,9 +92,22 @@ def serve_forwarder(port: int, upstream: str) -> None:
         lifespan="on",
         access_log=False,
         log_level="warning",
+        # As the gateway runs it (_cli.serve): uvicorn's defaults would add its proxy
+        # headers middleware, which the gateway does without.
         server_header=False,
         date_header=False,
+        proxy_headers=False,
     )
+
+
+def _other_gateway(checkout: str, upstream: str, port: int) -> Process:
+    """The gateway of *checkout*, imported from there (its directory first on the path)."""
+    argv = ["httpx-coalesce", "serve", "--upstream", upstream, "--port", str(port), "--no-access-log"]
+    code = (
+        f"import runpy, sys; sys.path.insert(0, {os.path.abspath(checkout)!r}); sys.argv = {argv!r}; "
+        "runpy.run_module('httpx_coalesce', run_name='__main__')"
+    )
+    return Process([PYTHON, "-c", code], f"http://127.0.0.1:{port}/healthz")
 
 
 async def _measure(port: int, count: int, tag: str) -> list[float]:
@@ -125,13 +142,15 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=1000, help="per target and round")
+    parser.add_argument("--against", metavar="DIR", help="also measure the gateway of this checkout")
     parser.add_argument("--serve-forwarder", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_forwarder:
         serve_forwarder(int(args.serve_forwarder[0]), args.serve_forwarder[1])
         return 0
-    latency: dict[str, list[float]] = {"direct": [], "forwarder": [], "gateway": []}
-    cpu: dict[str, list[float]] = {"forwarder": [], "gateway": []}
+    gateways = ["gateway"] + (["against"] if args.against else [])
+    latency: dict[str, list[float]] = {name: [] for name in ["direct", "forwarder", *gateways]}
+    cpu: dict[str, list[float]] = {name: [] for name in ["forwarder", *gateways]}
     with BenchServer() as server:
         port = free_port()
         bare = Process(
@@ -139,12 +158,16 @@ def main() -> int:
             f"http://127.0.0.1:{port}/healthz",
         )
         gateway = Gateway(server.url, "--no-access-log")
+        other_port = free_port()
+        other_process = _other_gateway(args.against, server.url, other_port) if args.against else None
         try:
             targets = {
                 "direct": (server.port, None),
                 "forwarder": (port, bare.pid),
                 "gateway": (gateway.port, gateway.pid),
             }
+            if other_process is not None:
+                targets["against"] = (other_port, other_process.pid)
             for target, (target_port, _) in targets.items():  # warm-up
                 asyncio.run(_measure(target_port, 100, f"warm-{target}"))
             for round_ in range(args.rounds):
@@ -159,20 +182,23 @@ def main() -> int:
         finally:
             gateway.stop()
             bare.stop()
+            if other_process is not None:
+                other_process.stop()
     direct = percentile(latency["direct"], 0.5)
-    added = {name: percentile(latency[name], 0.5) - direct for name in ("forwarder", "gateway")}
+    added = {name: percentile(latency[name], 0.5) - direct for name in cpu}
     cpu_us = {name: percentile(cpu[name], 0.5) for name in cpu}
     print(
         f"gateway floor: {args.rounds} rounds x {args.requests} unique POSTs, one connection, "
         f"load {os.getloadavg()[0]:.1f}"
     )
     print(f"  direct p50 {direct:.0f} µs")
-    for name in ("forwarder", "gateway"):
+    for name in cpu:
         print(f"  {name:9} adds {added[name]:.0f} µs p50, {cpu_us[name]:.0f} µs CPU per request")
-    print(
-        f"  gateway / forwarder: latency added {added['gateway'] / added['forwarder']:.2f}x, "
-        f"CPU {cpu_us['gateway'] / cpu_us['forwarder']:.2f}x"
-    )
+    for name in gateways:
+        print(
+            f"  {name} / forwarder: latency added {added[name] / added['forwarder']:.2f}x, "
+            f"CPU {cpu_us[name] / cpu_us['forwarder']:.2f}x"
+        )
     return 0
 
 
