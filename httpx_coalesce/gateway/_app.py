@@ -295,25 +295,33 @@ class Gateway:
         # With a known length the last chunk ends the response itself: one message less
         # for every buffered answer.
         remaining = _content_length(headers) if "content-length" in response.headers else None
+        ended = False
         stream: Any = response.stream
         try:
+            # Read to its end even once the client has its last byte: a stream left at
+            # its last chunk is an async generator the event loop must close later (a
+            # wake-up and a task per response), and an upstream response whose end was
+            # not read costs its connection (httpcore closes it rather than pool it).
             async for chunk in stream:
-                if not chunk:
+                if not chunk or ended:
                     continue
                 if remaining is not None:
                     remaining -= len(chunk)
                     if remaining <= 0:
-                        watch.finished = True
+                        watch.finished = ended = True
                         await send({"type": "http.response.body", "body": chunk})
-                        return
+                        continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except http.TransportError as error:
+            if ended:
+                return  # the client has the whole body: what comes after is not its business
             # Mid-body: the status is sent, so the only honest signal left is to break
             # the connection (the server closes it when the app ends unfinished).
             logger.info("upstream failed mid-body: %s", type(error).__name__)
             raise _Broken from error
-        watch.finished = True
-        await send({"type": "http.response.body", "body": b""})
+        if not ended:
+            watch.finished = True
+            await send({"type": "http.response.body", "body": b""})
 
     def _render_metrics(self) -> tuple[bytes, bytes]:
         """(content type, body) of one scrape."""

@@ -58,3 +58,19 @@ def test_content_length_beside_chunked_is_a_502_and_the_connection_is_not_reused
     assert answer.status_code == 502
     wait_for(lambda: hostile.connections()[1] > closed)
     echo_clients(hostile_gateway, 20)
+
+
+@pytest.mark.parametrize("coalesced", [True, False], ids=["coalesced", "passed-through"])
+def test_an_honest_connection_serves_the_next_request_whether_coalesced_or_passed_through(
+    hostile_gateway: GatewayProcess, hostile: HostileUpstream, coalesced: bool
+) -> None:
+    # Pass: ten answers one after another, each read to its end, open at most one new
+    # upstream connection (a response the gateway stopped reading at its last byte
+    # would cost its connection: httpcore closes one whose response did not end).
+    headers = {} if coalesced else {"x-coalesce": "off"}
+    opened, _ = hostile.connections()
+    with httpx.Client(timeout=15) as client:
+        for n in range(10):
+            answer = client.get(f"{hostile_gateway.url}/h/echo/reuse-{n}", headers=headers)
+            assert (answer.status_code, answer.text) == (200, f"reuse-{n}")
+    assert hostile.connections()[0] - opened <= 1
