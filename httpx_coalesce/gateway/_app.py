@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - httpx2 needs Python 3.11
 
 from .. import DEFAULT_IGNORED_HEADERS, CoalesceInfo, CoalescingTransport, Limits
 from ._budget import connection_budget
-from ._config import CONFIG_ENV, NOT_ORIGIN_FORM, GatewayConfig
+from ._config import CONFIG_ENV, NOT_ORIGIN_FORM, ON_CLIENT_GONE, GatewayConfig
 from ._connections import upstream_transport
 from ._proxy import PathRefused, request_headers, response_headers, upstream_url
 
@@ -60,19 +60,25 @@ class _Watch:
     """Cancels the request's task when its client disconnects (flag set first, so the
     handler can tell that cancellation from the server's own)."""
 
-    __slots__ = ("disconnected", "finished")
+    __slots__ = ("_task", "disconnected", "finished")
 
-    def __init__(self) -> None:
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self._task = task
         self.disconnected = False
         self.finished = False
 
-    async def run(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+    def client_gone(self) -> None:
+        if not (self.finished or self.disconnected):
+            self.disconnected = True
+            self._task.cancel()
+
+    async def run(self, receive: Receive) -> None:
+        """For a server that does not call back (see ON_CLIENT_GONE): a task that waits
+        for its ``http.disconnect``."""
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                if not self.finished:
-                    self.disconnected = True
-                    task.cancel()
+                self.client_gone()
                 return
 
 
@@ -243,13 +249,20 @@ class Gateway:
         except (http.InvalidURL, ValueError, TypeError):
             await _plain(send, 400, b"malformed request\n")
             return 400, "refused"
-        return await self._forward(request, receive, send)
+        return await self._forward(scope, request, receive, send)
 
-    async def _forward(self, request: http.Request, receive: Receive, send: Send) -> tuple[int, str]:
+    async def _forward(
+        self, scope: Scope, request: http.Request, receive: Receive, send: Send
+    ) -> tuple[int, str]:
         task = asyncio.current_task()
         assert task is not None
-        watch = _Watch()
-        watcher = asyncio.get_running_loop().create_task(watch.run(receive, task))
+        watch = _Watch(task)
+        watcher = None
+        if ON_CLIENT_GONE in scope:
+            # The gateway's own protocol calls back: no task per request to wait for it.
+            scope[ON_CLIENT_GONE] = watch.client_gone
+        else:
+            watcher = asyncio.get_running_loop().create_task(watch.run(receive))
         # 499 (nginx's "client closed request") until a response is under way.
         status, outcome = 499, "waiting"
         try:
@@ -287,7 +300,10 @@ class Gateway:
             return status, outcome + ",client-gone"
         finally:
             watch.finished = True
-            watcher.cancel()
+            if watcher is None:
+                scope[ON_CLIENT_GONE] = None
+            else:
+                watcher.cancel()
 
     async def _relay(self, response: http.Response, send: Send, watch: _Watch) -> None:
         headers = response_headers(response.headers.raw, response.status_code)

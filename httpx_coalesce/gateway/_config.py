@@ -25,6 +25,9 @@ CONFIG_ENV = "HTTPX_COALESCE_GATEWAY_CONFIG_JSON"
 #: Set in an ASGI scope by the server when the request target was not a path
 #: (``http://host/x``, ``host:443``): a request for a forward proxy, refused.
 NOT_ORIGIN_FORM = "httpx_coalesce.not_origin_form"
+#: Set in an ASGI scope (to None) by a server that calls back when the request's client
+#: is gone: the app puts there a callable taking no argument, called at most once.
+ON_CLIENT_GONE = "httpx_coalesce.on_client_gone"
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})

@@ -19,7 +19,9 @@ until the process runs out of descriptors. This protocol adds, each from a flag
 - a close-delimited body for an HTTP/1.0 client when the length is unknown (uvicorn
   would send it chunked, which HTTP/1.0 does not have);
 - targets not in origin form (``GET http://host/x``) marked, for the app to refuse:
-  httptools hands ASGI only the path.
+  httptools hands ASGI only the path;
+- the app told when its client is gone, as the connection is lost, so it needs no task
+  of its own per request to wait for uvicorn's ``http.disconnect``.
 
 A module of its own, imported only to serve: it needs uvicorn, and worker processes find
 the class by name. Its settings come from the environment the parent wrote.
@@ -37,7 +39,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from ._budget import connection_budget
-from ._config import CONFIG_ENV, NOT_ORIGIN_FORM, GatewayConfig
+from ._config import CONFIG_ENV, NOT_ORIGIN_FORM, ON_CLIENT_GONE, GatewayConfig
 
 __all__ = ["GatewayProtocol"]
 
@@ -177,6 +179,9 @@ class GatewayProtocol(HttpToolsProtocol):
             self._send_timer.cancel()
             self._send_timer = None
         super().connection_lost(exc)
+        cycle = self.cycle
+        if cycle is not None and cycle.disconnected:
+            _tell_gone(cycle)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -251,6 +256,7 @@ class GatewayProtocol(HttpToolsProtocol):
         # The scope is the request's own dict, read by its task once it starts.
         if not target.startswith(b"/"):
             scope[NOT_ORIGIN_FORM] = True
+        scope[ON_CLIENT_GONE] = None
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope and scope.get("http_version") == "1.0":
             cycle.__class__ = _CloseDelimitedCycle
@@ -326,4 +332,12 @@ class GatewayProtocol(HttpToolsProtocol):
             # The request's task sees its client gone now, and writes nothing more.
             cycle.disconnected = True
             cycle.message_event.set()
+            _tell_gone(cycle)
         self.transport.close()
+
+
+def _tell_gone(cycle: RequestResponseCycle) -> None:
+    """Call the app's ON_CLIENT_GONE callable, if it left one in its request's scope."""
+    callback = cast(dict[str, Any], cycle.scope).get(ON_CLIENT_GONE)
+    if callback is not None:
+        callback()

@@ -32,8 +32,26 @@ from .hostile import HostileUpstream
 ROOT = Path(__file__).resolve().parents[2]
 
 
+#: The gateway's app served by uvicorn's h11 protocol, as where httptools cannot be
+#: installed (``serve`` picks httptools whenever it can): the same flags as ``serve``.
+H11_SERVER = (
+    "-c",
+    "import os, sys, uvicorn\n"
+    "from httpx_coalesce.gateway._cli import _log_config\n"
+    "from httpx_coalesce.gateway._config import CONFIG_ENV, config_from_args\n"
+    "config = config_from_args(sys.argv[1:])\n"
+    "os.environ[CONFIG_ENV] = config.to_json()\n"
+    "uvicorn.run('httpx_coalesce.gateway._app:app_from_env', factory=True, host=config.host,"
+    " port=config.port, http='h11', lifespan='on', log_config=_log_config(), access_log=False)\n",
+)
+
+
 class GatewayProcess:
-    """``python -m httpx_coalesce serve ARGS`` on a free port, ready once /healthz answers."""
+    """``python -m httpx_coalesce serve ARGS`` on a free port, ready once /healthz answers.
+
+    *server*: the interpreter's arguments that start it instead of ``-m httpx_coalesce
+    serve`` (say H11_SERVER), given the same flags.
+    """
 
     def __init__(
         self,
@@ -41,12 +59,13 @@ class GatewayProcess:
         env: dict[str, str] | None = None,
         timeout: float = 30.0,
         descriptors: int | None = None,
+        server: tuple[str, ...] = ("-m", "httpx_coalesce", "serve"),
     ) -> None:
         self.port = free_port()
         # Closed in stop(), with the process whose standard error it holds.
         self._log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "httpx_coalesce", "serve", "--port", str(self.port), *args],
+            [sys.executable, *server, "--port", str(self.port), *args],
             cwd=ROOT,
             env={**os.environ, **(env or {})},
             stdout=subprocess.DEVNULL,
@@ -196,9 +215,12 @@ def start_gateway() -> Iterator[Callable[..., GatewayProcess]]:
     started: list[GatewayProcess] = []
 
     def start(
-        *args: str, env: dict[str, str] | None = None, descriptors: int | None = None
+        *args: str,
+        env: dict[str, str] | None = None,
+        descriptors: int | None = None,
+        server: tuple[str, ...] = ("-m", "httpx_coalesce", "serve"),
     ) -> GatewayProcess:
-        process = GatewayProcess(*args, env=env, descriptors=descriptors)
+        process = GatewayProcess(*args, env=env, descriptors=descriptors, server=server)
         started.append(process)
         return process
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
 from ..upstream import Upstream
-from .conftest import GatewayProcess, wait_for
+from .conftest import H11_SERVER, GatewayProcess, wait_for
 
 
 def read_events(url: str, first: threading.Semaphore | None = None) -> list[bytes]:
@@ -74,6 +75,25 @@ def test_the_upstream_call_is_cancelled_when_its_last_client_leaves(
     assert not upstream.gate.is_set()
     wait_for(lambda: gateway.waiters() == 0)
     wait_for(lambda: gateway.log().count(left) == before + 1)
+
+
+def test_under_uvicorns_h11_protocol_too_the_upstream_call_is_cancelled_when_its_last_client_leaves(
+    start_gateway: Callable[..., GatewayProcess], base_url: str, upstream: Upstream
+) -> None:
+    # Pass: as above, on a server that does not call the app back when a client goes
+    # (the gateway's protocol does): the app's own watch sees uvicorn's http.disconnect.
+    gateway = start_gateway("--route", f"/up={base_url}", server=H11_SERVER)
+    upstream.hold()
+    with httpx.stream(
+        "POST", gateway.url + "/up/sse?events=6&hold=2", content=b"alone under h11", timeout=30
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                break
+    wait_for(lambda: upstream.streams_closed == 1)
+    assert not upstream.gate.is_set()
+    wait_for(lambda: gateway.waiters() == 0)
+    wait_for(lambda: '/up/sse" 200 led,client-gone' in gateway.log())
 
 
 def test_a_stalled_client_does_not_stall_the_others_of_its_flight(
