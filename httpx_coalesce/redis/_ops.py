@@ -28,7 +28,15 @@ import redis.cluster
 
 from ._errors import Garbage, RedisTrouble
 from ._names import is_token, tag_of
-from ._reader import READ_COUNT, AsyncioReader, Streams, ThreadReader, parse_entries
+from ._reader import (
+    READ_COUNT,
+    AsyncioReader,
+    Streams,
+    ThreadReader,
+    parse_entries,
+    refresh_slots,
+    refresh_slots_sync,
+)
 from ._records import Record
 from ._scripts import ACQUIRE, APPEND, RENEW
 
@@ -267,11 +275,15 @@ class SyncOps:
         if block is not None:
             entries, lease = self._reader(stream).read(stream, lease_key, after, block)
             return Read(entries, _lease_value(lease))
-        with self._gated():
-            pipe = self._commands.pipeline(transaction=False)
-            pipe.xread({stream: after}, count=READ_COUNT)
-            pipe.get(lease_key)
-            entries, lease = pipe.execute()
+        try:
+            with self._gated():
+                pipe = self._commands.pipeline(transaction=False)
+                pipe.xread({stream: after}, count=READ_COUNT)
+                pipe.get(lease_key)
+                entries, lease = pipe.execute()
+        except RedisTrouble as trouble:
+            refresh_slots_sync(self._commands, trouble.__cause__)
+            raise
         return Read(_entries(entries), _lease_value(lease))
 
     def _reader(self, stream: str) -> ThreadReader:
@@ -429,11 +441,15 @@ class AsyncioOps:
         if block is not None:
             entries, lease = await self._reader(stream).read(stream, lease_key, after, block)
             return Read(entries, _lease_value(lease))
-        async with self._gated():
-            pipe = self._commands.pipeline(transaction=False)
-            pipe.xread({stream: after}, count=READ_COUNT)
-            pipe.get(lease_key)
-            entries, lease = await pipe.execute()
+        try:
+            async with self._gated():
+                pipe = self._commands.pipeline(transaction=False)
+                pipe.xread({stream: after}, count=READ_COUNT)
+                pipe.get(lease_key)
+                entries, lease = await pipe.execute()
+        except RedisTrouble as trouble:
+            await refresh_slots(self._commands, trouble.__cause__)
+            raise
         return Read(_entries(entries), _lease_value(lease))
 
     def _reader(self, stream: str) -> AsyncioReader:

@@ -30,10 +30,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.asyncio.cluster
+import redis.cluster
+import redis.exceptions
+
 from ._errors import Garbage, RedisTrouble
 from ._names import new_token
 
-__all__ = ["AsyncioReader", "Cycle", "Streams", "ThreadReader", "Want", "parse_entries", "parse_streams"]
+__all__ = [
+    "AsyncioReader",
+    "Cycle",
+    "Streams",
+    "ThreadReader",
+    "Want",
+    "parse_entries",
+    "parse_streams",
+    "refresh_slots",
+    "refresh_slots_sync",
+]
 
 #: (stream entry id, record type, record data)
 Entry = tuple[bytes, bytes, bytes]
@@ -270,6 +284,52 @@ def _trouble() -> Any:
         raise RedisTrouble(f"{type(error).__name__}: {error}") from error
 
 
+#: What a cluster node that failed, or a slot that moved, raises in a pipeline.
+_MOVED_ON = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+)
+
+
+def refresh_slots_sync(client: Any, failure: BaseException | None) -> None:
+    """After a Redis Cluster pipeline failed on a node: look the cluster up again.
+
+    redis-py (8.x) finds the keys of an ``XREAD`` by asking one node (``COMMAND
+    GETKEYS`` to the client's default node, the first master it saw), before any
+    routing. When that node dies, the error comes from there, where nothing marks the
+    client for a new look at the cluster, as a failed command or a pipeline that
+    cannot connect would: a client that only sends pipelines of ``XREAD`` (the
+    readers') would dial the dead node forever, and never find the replica promoted in
+    its place. A new look also picks a live default node.
+    """
+    if not isinstance(client, redis.cluster.RedisCluster) or not isinstance(failure, _MOVED_ON):
+        return
+    with contextlib.suppress(Exception):
+        # Nothing reachable yet (mid-failover): the next failure looks again.
+        client.nodes_manager.initialize()
+
+
+async def refresh_slots(client: Any, failure: BaseException | None) -> None:
+    """``refresh_slots_sync`` for an asyncio cluster client.
+
+    Its pipeline, with retries off, does not look the cluster up again after any
+    error; and it asks its command parser's own node (the default one when the client
+    started) for the keys of an ``XREAD``: both are renewed here, as the client's own
+    start does, without closing the connections to the other nodes (concurrent
+    look-ups share one: redis-py counts them by epoch).
+    """
+    if not isinstance(client, redis.asyncio.cluster.RedisCluster) or not isinstance(failure, _MOVED_ON):
+        return
+    with contextlib.suppress(Exception):
+        nodes = client.nodes_manager
+        await nodes.initialize()
+        parser = client.commands_parser
+        node = getattr(parser, "node", None)
+        if node is None or node.name not in nodes.nodes_cache:
+            await parser.initialize(nodes.default_node)
+
+
 def _cycle_pipeline(client: Any, cycle: Cycle) -> Any:
     """One cycle's read and its leases, in one round trip: the GETs run after the read
     returns, so each follower gets its lease as it is after the wait."""
@@ -362,8 +422,12 @@ class ThreadReader:
         return want.entries, want.lease
 
     def _wake(self) -> None:
-        with _trouble():
-            _wake_pipeline(self._commands, self._streams).execute()
+        try:
+            with _trouble():
+                _wake_pipeline(self._commands, self._streams).execute()
+        except RedisTrouble as trouble:
+            refresh_slots_sync(self._commands, trouble.__cause__)
+            raise
 
     def _ensure_thread(self) -> None:
         # A forked child inherits the thread object but not the thread.
@@ -394,6 +458,8 @@ class ThreadReader:
                 with self._condition:
                     self._streams.fail(trouble)
                     self._condition.notify_all()
+                # After the followers have their answer: they pause before reading again.
+                refresh_slots_sync(self._reads, trouble.__cause__)
 
     def close(self) -> None:
         with self._condition:
@@ -454,8 +520,12 @@ class AsyncioReader:
         return want.entries, want.lease
 
     async def _wake(self) -> None:
-        with _trouble():
-            await _wake_pipeline(self._commands, self._streams).execute()
+        try:
+            with _trouble():
+                await _wake_pipeline(self._commands, self._streams).execute()
+        except RedisTrouble as trouble:
+            await refresh_slots(self._commands, trouble.__cause__)
+            raise
 
     async def _run(self) -> None:
         while not self._closed:
@@ -464,11 +534,13 @@ class AsyncioReader:
                 self._work.clear()
                 await self._work.wait()
                 continue
+            failure: BaseException | None = None
             try:
                 with _trouble():
                     replies = await _cycle_pipeline(self._reads, cycle).execute()
                 answered = self._streams.settle(cycle, parse_streams(replies[0]), _leases(replies, cycle))
             except RedisTrouble as trouble:
+                failure = trouble.__cause__
                 answered = self._streams.fail(trouble)
             except Exception as error:
                 # A bug here must not strand followers: they hear it as Redis trouble.
@@ -476,6 +548,9 @@ class AsyncioReader:
             for want in answered:
                 if want.signal is not None and not want.signal.done():
                     want.signal.set_result(None)
+            if failure is not None:
+                # After the followers have their answer: they pause before reading again.
+                await refresh_slots(self._reads, failure)
 
     async def aclose(self) -> None:
         self._closed = True

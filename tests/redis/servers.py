@@ -248,7 +248,8 @@ class Cluster:
 
     def master_of(self, key: str) -> Node:
         """The node that serves *key*'s slot now."""
-        with redis.cluster.RedisCluster.from_url(self.url, socket_timeout=2.0) as client:
+        seed = next(node for node in self.nodes if node.process is not None and node.process.poll() is None)
+        with redis.cluster.RedisCluster.from_url(seed.url, socket_timeout=2.0) as client:
             node = client.get_node_from_key(key)
             assert node is not None
         return next(n for n in self.nodes if n.port == int(node.port))
@@ -272,6 +273,43 @@ class Cluster:
             return True
 
         _until(served, timeout, "the cluster serves every slot")
+
+    def kill_master_of(self, key: str, timeout: float = 30.0) -> Node:
+        """SIGKILL the master serving *key*'s slot; return its replica once that is
+        promoted and every live node sees all slots served again."""
+        master = self.master_of(key)
+        [replica] = [node for node in self.replicas() if _master_port(node) == master.port]
+        master.kill()
+
+        def promoted() -> bool:
+            try:
+                with replica.client() as client:
+                    if client.info("replication").get("role") != "master":
+                        return False
+            except redis.RedisError:
+                return False
+            return self.serving()
+
+        _until(promoted, timeout, f"the replica on {replica.port} is promoted")
+        return replica
+
+    def serving(self) -> bool:
+        """Every live node says the cluster serves every slot."""
+        for node in self.nodes:
+            if node.process is None or node.process.poll() is not None:
+                continue
+            try:
+                with node.client() as client:
+                    if not _cluster_ok(client.cluster("INFO")):
+                        return False
+            except redis.RedisError:
+                return False
+        return True
+
+    def wait_whole(self, timeout: float = 30.0) -> None:
+        """After its killed nodes are started again: three masters, three replicas, all
+        slots served (a module can then reuse the cluster for its next failover)."""
+        _until(self._settled, timeout, "the cluster is whole again")
 
     def kill(self) -> None:
         for node in self.nodes:
@@ -363,9 +401,29 @@ class Sentinel:
             _, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
         return next(node for node in (self.master, self.replica) if node.port == int(port))
 
+    def wait_failed_over(self, timeout: float = 30.0) -> None:
+        """After the master was killed: the sentinels name the replica, and it takes writes."""
+
+        def promoted() -> bool:
+            try:
+                if self.current_master() is not self.replica:
+                    return False
+                with self.replica.client() as client:
+                    return str(client.info("replication").get("role")) == "master"
+            except (redis.RedisError, StopIteration):
+                return False
+
+        _until(promoted, timeout, "the replica is promoted")
+
     def kill(self) -> None:
         for node in reversed(self._started):
             node.kill()
+
+
+def _master_port(node: Node) -> int | None:
+    with node.client() as client:
+        port = client.info("replication").get("master_port")
+    return None if port is None else int(port)
 
 
 def _cluster_ok(info: dict[str, object]) -> bool:
