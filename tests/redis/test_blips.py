@@ -21,11 +21,6 @@ import anyio
 import httpx
 import pytest
 import redis
-import redis.asyncio
-import redis.asyncio.sentinel
-import redis.sentinel
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from httpx_coalesce import CoalescingTransport
 from httpx_coalesce.redis import RedisBackend
@@ -35,7 +30,6 @@ from ..support.redis_server import RedisServer
 from ..upstream import Upstream
 from .conftest import StartRedis, Worker, blocked_readers
 from .faults import FaultProxy, restart
-from .servers import Sentinel
 from .test_fleet import PATIENCE, MakeWorker, bodies, joined, total
 from .test_fleet import config as fleet_config
 
@@ -313,79 +307,7 @@ def test_sync_streaming_follower_resumes_after_redis_restarts(
     assert upstream.hits["/sse"] == 1
 
 
-def sentinel_backend(setup: Sentinel, name: str) -> RedisBackend:
-    """A backend on the Sentinel's current master, as a service would build one (short
-    timeouts, no retries): it finds the new master after a failover by itself."""
-    options: dict[str, Any] = {
-        "client_name": name,
-        "retry": Retry(NoBackoff(), 0),
-        "socket_connect_timeout": 0.25,
-    }
-    # redis-py's sentinel module has no type hints.
-    sentinel: Any = redis.sentinel.Sentinel(setup.addresses, socket_timeout=0.25)  # type: ignore[no-untyped-call]
-    read_timeout = LEASE / 3 + 1.5
-
-    def async_client(timeout: float) -> Callable[[], redis.asyncio.Redis]:
-        def make() -> redis.asyncio.Redis:
-            sentinels: Any = redis.asyncio.sentinel.Sentinel(setup.addresses, socket_timeout=0.25)  # type: ignore[no-untyped-call]
-            client: redis.asyncio.Redis = sentinels.master_for(
-                setup.service, socket_timeout=timeout, **options
-            )
-            return client
-
-        return make
-
-    return RedisBackend(
-        sentinel.master_for(setup.service, socket_timeout=0.25, **options),
-        read_client=sentinel.master_for(setup.service, socket_timeout=read_timeout, **options),
-        async_client=async_client(0.25),
-        async_read_client=async_client(read_timeout),
-        lease=LEASE,
-    )
-
-
-@pytest.mark.anyio
-@asyncio_only
-async def test_streaming_follower_resumes_after_a_sentinel_failover(
-    upstream: Upstream, base_url: str, make_transport: MakeTransport
-) -> None:
-    """Pass: the master is killed mid-stream, Sentinel promotes the replica, and the
-    follower (which already handed out the first event) gets the whole answer, with
-    one upstream call."""
-    with Sentinel.start() as setup:
-        leader = make_transport(backend=sentinel_backend(setup, "leader"))
-        follower = make_transport(backend=sentinel_backend(setup, "follower"))
-        upstream.hold()
-        outcomes: dict[str, tuple[bytes, str | None]] = {}
-        async with (
-            httpx.AsyncClient(transport=leader, base_url=base_url) as first,
-            httpx.AsyncClient(transport=follower, base_url=base_url) as second,
-        ):
-
-            async def call(name: str, client: httpx.AsyncClient) -> None:
-                received = b""
-                try:
-                    async with client.stream("GET", "/sse?events=3&hold=1") as response:
-                        async for chunk in response.aiter_raw():
-                            received += chunk
-                    outcomes[name] = (received, None)
-                except httpx.HTTPError as error:
-                    outcomes[name] = (received, f"{type(error).__name__}: {error}")
-
-            async with anyio.create_task_group() as group:
-                group.start_soon(call, "leader", first)
-                await until(upstream.holding.is_set)
-                group.start_soon(call, "follower", second)
-                with setup.master.client() as watcher:
-                    await until(lambda: blocked_readers(watcher, "follower") == 1)
-                setup.master.kill()
-                await until(lambda: setup.current_master() is setup.replica, timeout=30)
-                upstream.gate.set()
-
-    leader_body, leader_error = outcomes["leader"]
-    assert leader_error is None
-    assert outcomes["follower"] == (leader_body, None)
-    assert upstream.hits["/sse"] == 1
+# The Sentinel and Cluster failovers mid-flight: tests/redis/test_failover.py.
 
 
 #: Worker processes of every kind (tests/redis/worker.py): asyncio, threads, trio, httpx2.
