@@ -7,9 +7,13 @@
   earlier buffered design (the whole body read before headers are handed out, emulated
   by raising the small-body bound past the body).
 * **Embeddings**: 100 callers of one 2.5 MB JSON answer: memory and wall time.
+* **40 MiB, one caller alone**: what ours costs a caller that shares with nobody, in
+  alternating rounds against plain httpx: time to the last byte, and this process's CPU
+  time (user + system; the server is another process), which a busy machine disturbs
+  far less than the wall time.
 * **40 MiB, one reader stalled**: two callers share a 40 MiB download; one reads a
   chunk and then stops. The other's time to its last byte, against one caller alone
-  through ours, and one caller through plain httpx, in the same run.
+  through plain httpx, in the same run.
 
 The upstream is ``benchmarks.server`` in a child process (loopback). Figures taken on a
 shared machine vary; the ratios in one run are what to read.
@@ -21,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import resource
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Iterator
@@ -115,6 +120,29 @@ async def _stalled(url: str, contender: str, stall: bool) -> float:
         return elapsed
 
 
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _alone(url: str, contender: str) -> tuple[float, float]:
+    """Seconds of wall and of this process's CPU for one caller to read the whole body."""
+    async with _client(contender) as client:
+        await client.post(url.replace(f"size={40 * MB}", "size=1000"), content=b"{}")  # warm
+        started, cpu = time.perf_counter(), _cpu()
+        size = 0
+        async with client.stream("POST", url, content=b"{}") as response:
+            async for chunk in response.aiter_raw():
+                size += len(chunk)
+        elapsed, cpu = time.perf_counter() - started, _cpu() - cpu
+        assert size >= 40 * MB, size
+        return elapsed, cpu
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 def _fmt_mb(value: int) -> str:
     return f"{value / MB:,.1f} MB"
 
@@ -127,64 +155,100 @@ class _Lines(list[str]):
         super().append(line)
 
 
-async def run(server: BenchServer, quick: bool) -> str:
+#: The parts of the run, each a section of the report (``--only`` picks one).
+SECTIONS = ("memory", "alone", "stalled")
+
+
+async def run(server: BenchServer, quick: bool, sections: tuple[str, ...] = SECTIONS) -> str:
     lines = _Lines()
-    callers = 200 if quick else 1000
-    if True:
-        blob = f"{server.url}/v1/blob?size={MB}&latency=0.05"
-        lines.append(f"### 1 MB answer, {callers:,} callers each holding .content (peak above idle)\n")
-        lines.append("| contender | peak memory | ÷ body | wall |")
-        lines.append("|---|---|---|---|")
-        for contender in ("ours-httpx", "ours-httpx2", "earlier buffered design", "plain httpx"):
-            count = callers if contender != "plain httpx" else min(callers, 200)
-            peak, wall = await _measured(
-                contender,
-                lambda c=contender, n=count: _shared_answer(blob, c, n),  # type: ignore[misc]
-            )
-            note = "" if count == callers else f" ({count} callers: separate downloads are slow)"
-            lines.append(f"| {contender}{note} | {_fmt_mb(peak)} | {peak / MB:.1f}x | {wall * 1000:.0f} ms |")
-
-        embeddings = f"{server.url}/v1/blob?size={5 * MB // 2}&latency=0.05"
-        lines.append("\n### Embeddings: 100 callers, one 2.5 MB JSON answer\n")
-        lines.append("| contender | peak memory | ÷ body | wall |")
-        lines.append("|---|---|---|---|")
-        for contender in ("ours-httpx", "ours-httpx2", "earlier buffered design", "plain httpx"):
-            peak, wall = await _measured(
-                contender,
-                lambda c=contender: _shared_answer(embeddings, c, 100),  # type: ignore[misc]
-            )
-            ratio = peak / (2.5 * MB)
-            lines.append(f"| {contender} | {_fmt_mb(peak)} | {ratio:.1f}x | {wall * 1000:.0f} ms |")
-
-        big = f"{server.url}/v1/blob?size={40 * MB}&latency=0"
+    big = f"{server.url}/v1/blob?size={40 * MB}&latency=0"
+    if "memory" in sections:
+        await _memory(server, quick, lines)
+    if "alone" in sections or "stalled" in sections:
         await _stalled(big, "plain httpx", stall=False)  # the server builds the body once
-        lines.append("\n### 40 MiB shared by two callers, one of which stops reading\n")
-        lines.append("| case | the reading caller's time to its last byte | vs alone (plain httpx) |")
-        lines.append("|---|---|---|")
-        rounds = 1 if quick else 3
-        cases = [
-            ("plain httpx, alone", "plain httpx", False),
-            ("ours-httpx, alone", "ours-httpx", False),
-            ("ours-httpx, the other caller stalled", "ours-httpx", True),
-            ("ours-httpx2, the other caller stalled", "ours-httpx2", True),
-        ]
-        times: dict[str, list[float]] = {name: [] for name, _, _ in cases}
-        for _ in range(rounds):
-            for name, contender, stall in cases:
-                times[name].append(await _stalled(big, contender, stall))
-        alone = sorted(times["plain httpx, alone"])[len(times["plain httpx, alone"]) // 2]
-        for name, _, _ in cases:
-            median = sorted(times[name])[len(times[name]) // 2]
-            lines.append(f"| {name} | {median * 1000:.0f} ms | {median / alone:.2f}x |")
+    if "alone" in sections:
+        await _lone_caller(big, quick, lines)
+    if "stalled" in sections:
+        await _stalled_reader(big, quick, lines)
     return "\n".join(lines)
+
+
+async def _memory(server: BenchServer, quick: bool, lines: _Lines) -> None:
+    callers = 200 if quick else 1000
+    blob = f"{server.url}/v1/blob?size={MB}&latency=0.05"
+    lines.append(f"### 1 MB answer, {callers:,} callers each holding .content (peak above idle)\n")
+    lines.append("| contender | peak memory | ÷ body | wall |")
+    lines.append("|---|---|---|---|")
+    for contender in ("ours-httpx", "ours-httpx2", "earlier buffered design", "plain httpx"):
+        count = callers if contender != "plain httpx" else min(callers, 200)
+        peak, wall = await _measured(
+            contender,
+            lambda c=contender, n=count: _shared_answer(blob, c, n),  # type: ignore[misc]
+        )
+        note = "" if count == callers else f" ({count} callers: separate downloads are slow)"
+        lines.append(f"| {contender}{note} | {_fmt_mb(peak)} | {peak / MB:.1f}x | {wall * 1000:.0f} ms |")
+
+    embeddings = f"{server.url}/v1/blob?size={5 * MB // 2}&latency=0.05"
+    lines.append("\n### Embeddings: 100 callers, one 2.5 MB JSON answer\n")
+    lines.append("| contender | peak memory | ÷ body | wall |")
+    lines.append("|---|---|---|---|")
+    for contender in ("ours-httpx", "ours-httpx2", "earlier buffered design", "plain httpx"):
+        peak, wall = await _measured(
+            contender,
+            lambda c=contender: _shared_answer(embeddings, c, 100),  # type: ignore[misc]
+        )
+        ratio = peak / (2.5 * MB)
+        lines.append(f"| {contender} | {_fmt_mb(peak)} | {ratio:.1f}x | {wall * 1000:.0f} ms |")
+
+
+async def _lone_caller(big: str, quick: bool, lines: _Lines) -> None:
+    lines.append("\n### 40 MiB to one caller alone (alternating rounds, medians)\n")
+    lines.append("| contender | time to its last byte | ÷ plain | CPU of this process | ÷ plain |")
+    lines.append("|---|---|---|---|---|")
+    contenders = ("plain httpx", "ours-httpx", "ours-httpx2")
+    walls: dict[str, list[float]] = {name: [] for name in contenders}
+    cpus: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(3 if quick else 11):
+        for name in contenders:
+            wall, cpu = await _alone(big, name)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+    plain_wall, plain_cpu = _median(walls["plain httpx"]), _median(cpus["plain httpx"])
+    for name in contenders:
+        wall, cpu = _median(walls[name]), _median(cpus[name])
+        lines.append(
+            f"| {name} | {wall * 1000:.0f} ms | {wall / plain_wall:.2f}x "
+            f"| {cpu * 1000:.0f} ms | {cpu / plain_cpu:.2f}x |"
+        )
+
+
+async def _stalled_reader(big: str, quick: bool, lines: _Lines) -> None:
+    lines.append("\n### 40 MiB shared by two callers, one of which stops reading\n")
+    lines.append("| case | the reading caller's time to its last byte | vs alone (plain httpx) |")
+    lines.append("|---|---|---|")
+    rounds = 1 if quick else 3
+    cases = [
+        ("plain httpx, alone", "plain httpx", False),
+        ("ours-httpx, the other caller stalled", "ours-httpx", True),
+        ("ours-httpx2, the other caller stalled", "ours-httpx2", True),
+    ]
+    times: dict[str, list[float]] = {name: [] for name, _, _ in cases}
+    for _ in range(rounds):
+        for name, contender, stall in cases:
+            times[name].append(await _stalled(big, contender, stall))
+    alone = sorted(times["plain httpx, alone"])[len(times["plain httpx, alone"]) // 2]
+    for name, _, _ in cases:
+        median = sorted(times[name])[len(times[name]) // 2]
+        lines.append(f"| {name} | {median * 1000:.0f} ms | {median / alone:.2f}x |")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer callers and rounds")
+    parser.add_argument("--only", choices=SECTIONS, help="run this section alone")
     args = parser.parse_args(argv)
     with BenchServer() as server:
-        asyncio.run(run(server, args.quick))
+        asyncio.run(run(server, args.quick, (args.only,) if args.only else SECTIONS))
     return 0
 
 

@@ -32,7 +32,7 @@ from ._spool import Spool, SpoolFull
 from ._stats import Counters
 from ._tasks import Chore, later_in_janitor
 
-__all__ = ["END", "Abandoned", "Flight", "FlightTable", "Seat"]
+__all__ = ["END", "PULL", "Abandoned", "Flight", "FlightTable", "Seat"]
 
 logger = logging.getLogger("httpx_coalesce")
 
@@ -59,6 +59,18 @@ class _End:
 
 #: What a reader gets past the last chunk of a complete body.
 END = _End()
+
+
+class _Pull:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PULL"
+
+
+#: What the lone leading reader gets at the live edge: pull the next chunk yourself
+#: (see ``Flight.next_data``).
+PULL = _Pull()
 
 
 class Abandoned(Exception):
@@ -95,6 +107,7 @@ class Seat:
 class Flight:
     __slots__ = (
         "_cancel",
+        "body",
         "demand",
         "error",
         "head",
@@ -104,7 +117,9 @@ class Flight:
         "key",
         "lock",
         "oversized",
+        "pump_pulls",
         "pump_signal",
+        "reader_pulls",
         "replay",
         "seats",
         "shares_whole",
@@ -139,6 +154,13 @@ class Flight:
         self.demand = False
         #: Wakes the pump of a live body (made when one is published).
         self.pump_signal: Signal | None = None
+        #: The upstream body's iterator, once published live: pulled by the pump, or by
+        #: the lone leading reader itself.
+        self.body: object = None
+        #: The pump pulls a chunk right now (from its ``pull_wanted`` to its next).
+        self.pump_pulls = False
+        #: The lone leading reader pulls a chunk itself right now (see ``next_data``).
+        self.reader_pulls = False
         #: A live body of known length within the memory bound: a reader that reads it
         #: whole (httpx's ``read()``) waits for the whole, and shares it.
         self.shares_whole = False
@@ -221,8 +243,9 @@ class Flight:
             return Abandoned()
         return None
 
-    def next_data(self, seat: Seat) -> bytes | _End | BaseException | None:
-        """The next chunk for *seat*, END, the error that stopped the body, or None (wait)."""
+    def next_data(self, seat: Seat) -> bytes | _End | _Pull | BaseException | None:
+        """The next chunk for *seat*, END, the error that stopped the body, None (wait),
+        or PULL (pull the next chunk yourself, then ask again)."""
         replay = self.replay
         if seat.whole and not self._whole_ready(seat):
             return None
@@ -240,11 +263,23 @@ class Flight:
             )
         if self.state is not State.OPEN:
             return Abandoned("the shared upstream response stopped before its end")
-        if not self.demand:
-            # At the live edge: the pump pulls the next chunk for this reader, now.
-            self.demand = True
-            if self.pump_signal is not None:
-                self.pump_signal.fire()
+        if self.demand:
+            return None
+        alone = seat.leader and len(self.seats) == 1
+        pulled = self.pump_pulls or self.reader_pulls
+        if alone and not self.joinable and not pulled and self.body is not None:
+            # The leader reads alone a body nobody can join any more (past the memory
+            # bound): it pulls the chunk in its own task or thread, as it would alone,
+            # without waking the pump and being woken back (two task switches a chunk).
+            # Its being cancelled mid-read breaks the body, which no other caller reads
+            # nor ever will. (While others may still join, the pump pulls: a joiner
+            # must not find the body broken by another caller's cancellation.)
+            self.reader_pulls = True
+            return PULL
+        # At the live edge: the pump pulls the next chunk for this reader, now.
+        self.demand = True
+        if self.pump_signal is not None:
+            self.pump_signal.fire()
         return None
 
     def signal_for(self, seat: Seat) -> Signal:
@@ -290,9 +325,13 @@ class Flight:
 
     def pull_wanted(self) -> bool | None:
         """For the pump: True to pull the next chunk, False to stop, None to wait."""
+        self.pump_pulls = False  # asked again: its last pull is over
         if self.state is not State.OPEN:
             return False
+        if self.reader_pulls:
+            return None  # the lone reader pulls the chunk itself
         if self.demand or self.whole_waiters:
+            self.pump_pulls = True
             return True
         return None
 
@@ -306,13 +345,16 @@ class Flight:
             self._cancel = cancel
             return True
 
-    def publish(self, head: Head, response: object = None, shares_whole: bool = False) -> Signal:
-        """Hand the response out now, while its body still arrives (live fan-out); its
-        upstream *response* object is kept for the leader. Returns the signal that
-        wakes the pump when a reader wants a chunk."""
+    def publish(
+        self, head: Head, response: object = None, shares_whole: bool = False, body: object = None
+    ) -> Signal:
+        """Hand the response out now, while its *body* (the upstream body's iterator)
+        still arrives (live fan-out); its upstream *response* object is kept for the
+        leader. Returns the signal that wakes the pump when a reader wants a chunk."""
         pump_signal = self.table.make_signal(self.lock)
         with self.lock:
             self.pump_signal = pump_signal
+            self.body = body
             self.shares_whole = shares_whole
             self.head = head
             self.upstream_response = response
@@ -323,7 +365,7 @@ class Flight:
         with self.lock:
             replay = self.replay
             replay.append(chunk)
-            self.demand = False
+            self.demand = self.reader_pulls = False
             limit = self.table.limits.max_body_bytes
             if self.joinable and replay.held > limit:
                 # Too big to keep for late joiners: they make their own request, and

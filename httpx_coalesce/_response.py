@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from ._flight import END, Abandoned, Seat, _End
+from ._flight import END, Abandoned, Seat, _End, _Pull
 from ._library import Library
 from ._replay import Head
 from ._tasks import start_janitor
+from ._upstream import pull_async, pull_sync
 
 __all__ = ["CoalesceInfo", "build_response", "caller_error", "fresh_error"]
 
@@ -186,6 +187,9 @@ class _AsyncSeatStream(_SeatStream):
         while True:
             size = replay.size
             data = await flight.wait_async(ready, within, signal if seat.whole else None)
+            if isinstance(data, _Pull):
+                await pull_async(flight)
+                continue
             if data is None and self._still_coming(size):
                 continue
             if (chunk := self._chunk(data)) is None:
@@ -214,6 +218,9 @@ class _SyncSeatStream(_SeatStream):
         while True:
             size = replay.size
             data = flight.wait(ready, within, signal if seat.whole else None)
+            if isinstance(data, _Pull):
+                pull_sync(flight)
+                continue
             if data is None and self._still_coming(size):
                 continue
             if (chunk := self._chunk(data)) is None:

@@ -12,6 +12,12 @@ exactly the reads of the inner transport's body it would alone (none before it r
 one per chunk it takes), and the upstream keeps its back-pressure. Readers behind the
 fastest are served from the replay (memory, then the spool), never by waiting for it.
 
+One exception to "apart from every caller": a body past the memory bound, which nobody
+can join any more, read by its leader alone. That reader pulls each chunk itself
+(``pull_async``, ``pull_sync``), in its own task or thread as it would alone: a handoff
+to the pump and back costs two task switches a chunk, and its cancellation mid-read can
+only break a body nobody else reads.
+
 Whatever stops the upstream call, other than a caller-side cancellation, ends up in the
 flight, never in the event loop or a worker thread: the flight hands it to the leader's
 caller as it was and to everyone else as an error of their own (see ``_response``).
@@ -33,7 +39,15 @@ from ._replay import Head
 from ._signal import Signal
 from ._tasks import cancelled_from_outside
 
-__all__ = ["SMALL_BODY_BYTES", "is_buffered", "lead_sync", "pump_async", "shares_whole"]
+__all__ = [
+    "SMALL_BODY_BYTES",
+    "is_buffered",
+    "lead_sync",
+    "pull_async",
+    "pull_sync",
+    "pump_async",
+    "shares_whole",
+]
 
 logger = logging.getLogger("httpx_coalesce")
 
@@ -91,11 +105,11 @@ async def pump_async(
                 chunks.append(chunk)
             flight.finish(head, chunks, response)
         else:
-            pump_signal = flight.publish(head, response, shares_whole(head, limits))
+            body = stream.__aiter__()
+            pump_signal = flight.publish(head, response, shares_whole(head, limits), body)
             # The leader's caller reads through that Response now: holding it here would
             # keep its stream from being collected (and leaving) if the caller drops it.
             response = None
-            body = stream.__aiter__()
             while True:
                 if not await flight.wait_async(flight.pull_wanted, signal=pump_signal):
                     return  # every reader left: the flight is over
@@ -156,9 +170,10 @@ def lead_sync(
         else:
             stop = threading.Event()
             if flight.set_canceller(stop.set):
-                pump_signal = flight.publish(head, response, shares_whole(head, limits))
+                body = iter(stream)
+                pump_signal = flight.publish(head, response, shares_whole(head, limits), body)
                 context = contextvars.copy_context()
-                start_thread(lambda: context.run(_pump_sync, flight, stream, head, stop, pump_signal))
+                start_thread(lambda: context.run(_pump_sync, flight, stream, body, head, stop, pump_signal))
                 pumped_elsewhere = True  # the stream and the flight's end are the worker's now
     except BaseException as error:
         # In the leader's thread: the leader raises it itself (see Flight.fail).
@@ -170,10 +185,11 @@ def lead_sync(
                 _close_sync(stream)
 
 
-def _pump_sync(flight: Flight, stream: Any, head: Head, stop: threading.Event, pump_signal: Signal) -> None:
+def _pump_sync(
+    flight: Flight, stream: Any, body: Any, head: Head, stop: threading.Event, pump_signal: Signal
+) -> None:
     """A live body, in a worker thread, one chunk each time a reader asks for one."""
     try:
-        body = iter(stream)
         while True:
             # A thread cannot be interrupted mid-read; it stops before the next one.
             if not flight.wait(flight.pull_wanted, signal=pump_signal) or stop.is_set():
@@ -191,6 +207,48 @@ def _pump_sync(flight: Flight, stream: Any, head: Head, stop: threading.Event, p
     finally:
         flight.abandon()
         _close_sync(stream)
+
+
+async def pull_async(flight: Flight) -> None:
+    """Pull the next chunk of *flight*'s live body in the calling task: the lone
+    leader's, told to by ``Flight.next_data`` (PULL). As the pump would, but with no
+    task to wake and be woken by. Raises only the task's own cancellation."""
+    body: Any = flight.body
+    head = flight.head
+    assert head is not None
+    try:
+        chunk = b""
+        while not chunk:  # an empty chunk is no chunk: alone, httpx skips it and reads on
+            chunk = await body.__anext__()
+    except StopAsyncIteration:
+        flight.finish(head)
+    except BaseException as error:
+        if cancelled_from_outside(error):
+            # Cancelled mid-read: the body is broken, and its reader is leaving. Nobody
+            # may read on from it (a joiner waiting meanwhile goes alone).
+            flight.abandon()
+            raise
+        flight.fail(error)  # the reader raises it at its next read, as alone
+    else:
+        flight.append(chunk)
+
+
+def pull_sync(flight: Flight) -> None:
+    """``pull_async`` for threads: pull the next chunk in the lone leader's thread."""
+    body: Any = flight.body
+    head = flight.head
+    assert head is not None
+    try:
+        chunk = b""
+        while not chunk:
+            chunk = next(body)
+    except StopIteration:
+        flight.finish(head)
+    except BaseException as error:
+        # Its own thread's KeyboardInterrupt, too: the reader (the leader) raises it next.
+        flight.fail(error)
+    else:
+        flight.append(chunk)
 
 
 async def _close_async(stream: Any) -> None:

@@ -331,3 +331,89 @@ async def test_a_reader_waiting_for_the_whole_body_times_out_only_if_no_byte_com
                         pass
     assert waiting.content == b"".join(bytes([65 + n]) * 8192 for n in range(6))
     assert upstream.hits["/trickle"] == 1
+
+
+#: Past the memory bound after a few events, then held by the server until the gate opens.
+LONE_URL = f"/sse?events={EVENTS}&pad={PAD}&hold=50"
+
+
+@pytest.mark.anyio
+async def test_a_lone_reader_past_the_bound_cancelled_mid_read_closes_the_upstream_and_leaves_no_flight(
+    lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport
+) -> None:
+    transport = make_transport(limits=LIMITS)
+    upstream.hold()
+    got = b""
+
+    async def read_alone(client: Any) -> None:
+        nonlocal got
+        async with client.stream("GET", LONE_URL) as response:
+            async for chunk in response.aiter_raw():
+                got += chunk
+
+    async with lib.AsyncClient(transport=transport, base_url=base_url) as client:
+        async with anyio.create_task_group() as group:
+            group.start_soon(read_alone, client)
+            # Everything before the hold is read: the reader now waits in its own pull
+            # of the next chunk (past the bound, nobody can join; it pulls it itself).
+            await until(lambda: got.count(b"\n\n") == 50)
+            await anyio.wait_all_tasks_blocked()
+            group.cancel_scope.cancel()
+        # Pass condition: the flight is gone (the fixture checks no seat is left), the
+        # server saw its stream closed although the gate never opened, and the next
+        # identical request is a new flight that reads the whole body.
+        assert transport.stats().in_flight == 0
+        await until(lambda: upstream.streams_closed == 1)
+        upstream.gate.set()
+        async with client.stream("GET", LONE_URL) as response:
+            again = await response.aread()
+    assert again == expected_stream(EVENTS, pad=PAD)
+    assert upstream.hits["/sse"] == 2
+
+
+@pytest.mark.anyio
+async def test_a_lone_reader_past_the_bound_gets_the_upstream_break_as_it_would_alone(
+    lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport
+) -> None:
+    url = f"/sse?events={EVENTS}&pad={PAD}&fail={EVENTS // 2}"
+
+    async def read(transport: Any) -> tuple[bytes, BaseException | None]:
+        got = b""
+        async with lib.AsyncClient(transport=transport, base_url=base_url) as client:
+            try:
+                async with client.stream("GET", url) as response:
+                    async for chunk in response.aiter_raw():
+                        got += chunk
+            except Exception as error:
+                return got, error
+        return got, None
+
+    alone = await read(lib.AsyncHTTPTransport())
+    coalesced = await read(make_transport(limits=LIMITS))
+    # Pass condition: the same bytes, then the same error, as the inner transport alone.
+    assert coalesced[0] == alone[0] == expected_stream(EVENTS // 2, pad=PAD)[: -len(b"data: [DONE]\n\n")]
+    assert type(coalesced[1]) is type(alone[1])
+    assert isinstance(alone[1], lib.TransportError)
+
+
+def test_a_lone_thread_past_the_bound_gets_the_upstream_break_as_it_would_alone(
+    lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport
+) -> None:
+    url = f"/sse?events={EVENTS}&pad={PAD}&fail={EVENTS // 2}"
+
+    def read(transport: Any) -> tuple[bytes, BaseException | None]:
+        got = b""
+        with lib.Client(transport=transport, base_url=base_url) as client:
+            try:
+                with client.stream("GET", url) as response:
+                    for chunk in response.iter_raw():
+                        got += chunk
+            except Exception as error:
+                return got, error
+        return got, None
+
+    alone = read(lib.HTTPTransport())
+    coalesced = read(make_transport(limits=LIMITS))
+    assert coalesced[0] == alone[0] == expected_stream(EVENTS // 2, pad=PAD)[: -len(b"data: [DONE]\n\n")]
+    assert type(coalesced[1]) is type(alone[1])
+    assert isinstance(alone[1], lib.TransportError)

@@ -15,13 +15,15 @@ from typing import Any
 import anyio
 import pytest
 
-from httpx_coalesce import CoalescingTransport
+from httpx_coalesce import CoalescingTransport, Limits
 
 from .scenarios import LIBRARIES, RUNTIMES
 
 #: Five chunks of 4 KiB: 20 KiB, past the bound under which a body of known length
-#: may be read whole before its headers.
+#: may be read whole before its headers; and an empty one, which alone a caller reads
+#: past within the same read.
 CHUNKS = [bytes([65 + n]) * 4096 for n in range(5)]
+CHUNKS.insert(2, b"")
 
 
 class _Count:
@@ -56,12 +58,14 @@ def _inner(lib: ModuleType, is_async: bool, count: _Count, length: bool) -> Any:
     return Inner()
 
 
-def _pulls(lib: ModuleType, runtime: str, wrapped: bool, length: bool, read: int) -> list[int]:
+def _pulls(
+    lib: ModuleType, runtime: str, wrapped: bool, length: bool, read: int, limits: Limits | None = None
+) -> list[int]:
     """Chunks pulled from the inner body: after the head, after each of *read* chunks
     the caller takes, and after it closes the stream."""
     count = _Count()
     inner = _inner(lib, runtime != "sync", count, length)
-    transport = CoalescingTransport(inner) if wrapped else inner
+    transport = CoalescingTransport(inner, limits=limits or Limits()) if wrapped else inner
     seen: list[int] = []
     if runtime == "sync":
         with lib.Client(transport=transport) as client:
@@ -93,15 +97,21 @@ def _pulls(lib: ModuleType, runtime: str, wrapped: bool, length: bool, read: int
     return seen
 
 
+#: A memory bound the first chunk passes: from the second on, nobody can join the
+#: flight, and its lone leader pulls the chunks itself rather than through the pump.
+PAST_THE_BOUND = Limits(max_body_bytes=4096 + 1)
+
+
+@pytest.mark.parametrize("bound", [None, PAST_THE_BOUND], ids=["within-bound", "past-bound"])
 @pytest.mark.parametrize("length", [False, True], ids=["chunked", "known-length"])
 @pytest.mark.parametrize("read", [0, 1, 3, 6])
 @pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("lib", list(LIBRARIES))
 def test_a_lone_caller_pulls_the_inner_body_exactly_as_far_as_alone(
-    lib: str, runtime: str, read: int, length: bool
+    lib: str, runtime: str, read: int, length: bool, bound: Limits | None
 ) -> None:
     module = LIBRARIES[lib]
     alone = _pulls(module, runtime, wrapped=False, length=length, read=read)
-    coalesced = _pulls(module, runtime, wrapped=True, length=length, read=read)
+    coalesced = _pulls(module, runtime, wrapped=True, length=length, read=read, limits=bound)
     assert coalesced == alone
     assert alone[0] == 0  # nothing before the caller reads
