@@ -125,8 +125,26 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _alone_sync(url: str, contender: str) -> tuple[float, float]:
+    """``_alone`` for a sync client (the event loop waits meanwhile: nothing else runs)."""
+    inner = httpx.HTTPTransport()
+    transport = inner if contender.startswith("plain") else CoalescingTransport(inner)
+    with httpx.Client(transport=transport, timeout=120.0) as client:
+        client.post(url.replace(f"size={40 * MB}", "size=1000"), content=b"{}")  # warm
+        started, cpu = time.perf_counter(), _cpu()
+        size = 0
+        with client.stream("POST", url, content=b"{}") as response:
+            for chunk in response.iter_raw():
+                size += len(chunk)
+        elapsed, cpu = time.perf_counter() - started, _cpu() - cpu
+        assert size >= 40 * MB, size
+        return elapsed, cpu
+
+
 async def _alone(url: str, contender: str) -> tuple[float, float]:
     """Seconds of wall and of this process's CPU for one caller to read the whole body."""
+    if contender.endswith("(sync)"):
+        return _alone_sync(url, contender)
     async with _client(contender) as client:
         await client.post(url.replace(f"size={40 * MB}", "size=1000"), content=b"{}")  # warm
         started, cpu = time.perf_counter(), _cpu()
@@ -205,7 +223,7 @@ async def _lone_caller(big: str, quick: bool, lines: _Lines) -> None:
     lines.append("\n### 40 MiB to one caller alone (alternating rounds, medians)\n")
     lines.append("| contender | time to its last byte | ÷ plain | CPU of this process | ÷ plain |")
     lines.append("|---|---|---|---|---|")
-    contenders = ("plain httpx", "ours-httpx", "ours-httpx2")
+    contenders = ("plain httpx", "ours-httpx", "ours-httpx2", "plain httpx (sync)", "ours-httpx (sync)")
     walls: dict[str, list[float]] = {name: [] for name in contenders}
     cpus: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(3 if quick else 11):
@@ -213,8 +231,9 @@ async def _lone_caller(big: str, quick: bool, lines: _Lines) -> None:
             wall, cpu = await _alone(big, name)
             walls[name].append(wall)
             cpus[name].append(cpu)
-    plain_wall, plain_cpu = _median(walls["plain httpx"]), _median(cpus["plain httpx"])
     for name in contenders:
+        plain = "plain httpx (sync)" if name.endswith("(sync)") else "plain httpx"
+        plain_wall, plain_cpu = _median(walls[plain]), _median(cpus[plain])
         wall, cpu = _median(walls[name]), _median(cpus[name])
         lines.append(
             f"| {name} | {wall * 1000:.0f} ms | {wall / plain_wall:.2f}x "

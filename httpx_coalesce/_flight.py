@@ -267,13 +267,11 @@ class Flight:
             return None
         alone = seat.leader and len(self.seats) == 1
         pulled = self.pump_pulls or self.reader_pulls
-        if alone and not self.joinable and not pulled and self.body is not None:
-            # The leader reads alone a body nobody can join any more (past the memory
-            # bound): it pulls the chunk in its own task or thread, as it would alone,
-            # without waking the pump and being woken back (two task switches a chunk).
-            # Its being cancelled mid-read breaks the body, which no other caller reads
-            # nor ever will. (While others may still join, the pump pulls: a joiner
-            # must not find the body broken by another caller's cancellation.)
+        if alone and not pulled and self.body is not None and self._may_pull_alone():
+            # The leader reads alone: it pulls the chunk in its own task or thread, as it
+            # would alone, without waking the pump and being woken back (two task or
+            # thread switches a chunk). A joiner meanwhile waits for that chunk as it
+            # would for the pump's.
             self.reader_pulls = True
             return PULL
         # At the live edge: the pump pulls the next chunk for this reader, now.
@@ -281,6 +279,17 @@ class Flight:
         if self.pump_signal is not None:
             self.pump_signal.fire()
         return None
+
+    def _may_pull_alone(self) -> bool:
+        """Whether the lone leading reader may pull a chunk itself (see ``next_data``).
+
+        A thread is never cancelled mid-read: always (only a KeyboardInterrupt in the
+        leader's own thread could break the body, as it breaks the leader's send for
+        its followers already, see ``fail``). A task may be cancelled mid-read, which
+        breaks the body for good: only once nobody can join any more (past the memory
+        bound), so that no joiner ever finds its body broken by another's cancellation.
+        """
+        return not self.joinable or isinstance(self.signal, ThreadSignal)
 
     def signal_for(self, seat: Seat) -> Signal:
         """What wakes *seat*'s reader (lock held): the end, for one waiting for the whole

@@ -12,11 +12,12 @@ exactly the reads of the inner transport's body it would alone (none before it r
 one per chunk it takes), and the upstream keeps its back-pressure. Readers behind the
 fastest are served from the replay (memory, then the spool), never by waiting for it.
 
-One exception to "apart from every caller": a body past the memory bound, which nobody
-can join any more, read by its leader alone. That reader pulls each chunk itself
-(``pull_async``, ``pull_sync``), in its own task or thread as it would alone: a handoff
-to the pump and back costs two task switches a chunk, and its cancellation mid-read can
-only break a body nobody else reads.
+One exception to "apart from every caller": a body its leader reads alone. That reader
+pulls each chunk itself (``pull_async``, ``pull_sync``), in its own thread or task as it
+would alone, since a handoff to the pump and back costs two thread or task switches a
+chunk. A thread cannot be cancelled mid-read; a task can, which breaks the body, so a
+task pulls only once the body is past the memory bound and nobody can join it any more
+(see ``Flight._may_pull_alone``).
 
 Whatever stops the upstream call, other than a caller-side cancellation, ends up in the
 flight, never in the event loop or a worker thread: the flight hands it to the leader's

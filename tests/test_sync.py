@@ -204,3 +204,40 @@ def test_a_dropped_stream_collected_while_the_table_lock_is_held_does_not_deadlo
         # for that here, or the server counts this stream during the next test.
         upstream.gate.set()
         until_sync(lambda: upstream.streams_closed == 1)
+
+
+def test_a_thread_joining_while_the_lone_leader_reads_gets_what_came_at_once_then_the_rest(
+    lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport
+) -> None:
+    transport = make_transport()
+    upstream.hold()
+    url = "/sse?events=10&hold=5"
+    leader_data, joiner_data = bytearray(), bytearray()
+    joiner_first = threading.Event()
+
+    def read(response: Any, into: bytearray, first: threading.Event | None = None) -> None:
+        for chunk in response.iter_raw():
+            into.extend(chunk)
+            if first is not None:
+                first.set()
+
+    with lib.Client(transport=transport, base_url=base_url) as client, ThreadPoolExecutor(2) as pool:
+        with client.stream("GET", url) as leader:
+            # Alone, the leader pulls each chunk in its own thread; once the server
+            # holds, it waits in its own read of the sixth event.
+            leading = pool.submit(read, leader, leader_data)
+            until_sync(lambda: leader_data.count(b"\n\n") == 5)
+            with client.stream("GET", url) as joiner:
+                joining = pool.submit(read, joiner, joiner_data, joiner_first)
+                got_first = joiner_first.wait(10)  # a hang guard only
+                # Pass condition: the joiner has its head and the five events at once,
+                # while the server still holds the rest; then both read to the end.
+                assert got_first
+                assert not upstream.gate.is_set()
+                assert bytes(joiner_data) == expected_stream(10)[: len(joiner_data)]
+                assert joiner_data.count(b"\n\n") >= 5
+                upstream.gate.set()
+                joining.result(timeout=30)
+            leading.result(timeout=30)
+    assert bytes(leader_data) == bytes(joiner_data) == expected_stream(10)
+    assert upstream.hits["/sse"] == 1
