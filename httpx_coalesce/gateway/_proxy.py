@@ -10,7 +10,15 @@ from collections.abc import Iterable, Sequence
 
 from ._config import Route
 
-__all__ = ["HOP_BY_HOP", "PathRefused", "request_headers", "resolve_path", "response_headers", "upstream_url"]
+__all__ = [
+    "HOP_BY_HOP",
+    "PathRefused",
+    "needs_resolving",
+    "request_headers",
+    "resolve_path",
+    "response_headers",
+    "upstream_url",
+]
 
 #: Headers that describe one connection, not the message (RFC 9110 section 7.6.1), and
 #: the proxy's own credentials: never forwarded, either way.
@@ -43,6 +51,14 @@ class PathRefused(ValueError):
 #: Never in a path the gateway forwards: an encoded slash or backslash means one thing
 #: to the gateway's route match and may mean another to the upstream's router.
 _AMBIGUOUS = (b"%2f", b"%5c", b"\\")
+
+
+def needs_resolving(raw_path: bytes) -> bool:
+    """Whether *raw_path* may hold something resolve_path changes or refuses: a
+    dot-segment (each follows a slash), a percent-escape or a backslash. Without them a
+    path is its own resolution (an ASCII one), which every API path is: the check is the
+    price of the usual request, not the walk over its segments."""
+    return b"/." in raw_path or b"%" in raw_path or b"\\" in raw_path
 
 
 def resolve_path(raw_path: bytes) -> str:
@@ -99,12 +115,19 @@ def upstream_url(routes: Sequence[Route], raw_path: bytes, query: bytes) -> str 
     """
     if not raw_path.startswith(b"/"):
         return None
-    path = resolve_path(raw_path)
-    found = _route_of(routes, path)
-    if path != raw_path.decode("ascii"):
-        named = _route_of(routes, raw_path.decode("ascii"))
-        if (named and named[0]) is not (found and found[0]):
-            raise PathRefused("the path's dot-segments leave its route")
+    if needs_resolving(raw_path):
+        path = resolve_path(raw_path)
+        found = _route_of(routes, path)
+        if path != raw_path.decode("ascii"):
+            named = _route_of(routes, raw_path.decode("ascii"))
+            if (named and named[0]) is not (found and found[0]):
+                raise PathRefused("the path's dot-segments leave its route")
+    else:
+        try:
+            path = raw_path.decode("ascii")
+        except UnicodeDecodeError:
+            raise PathRefused("a path is ASCII (percent-encode the rest)") from None
+        found = _route_of(routes, path)
     if found is None:
         return None
     route, rest = found

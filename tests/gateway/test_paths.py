@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from httpx_coalesce.gateway._config import parse_route
-from httpx_coalesce.gateway._proxy import PathRefused, upstream_url
+from httpx_coalesce.gateway._proxy import PathRefused, needs_resolving, resolve_path, upstream_url
 
 from .conftest import GatewayProcess
 from .hostile import HostileUpstream, raw_request, status_of
@@ -78,3 +78,20 @@ def test_no_path_reaches_outside_its_route(segments: list[str], start: str) -> N
     assert b"/./" not in sent + b"/"
     named = "/h" if raw.startswith(b"/h/") or raw == b"/h" else "/other"
     assert base == (b"/base" if named == "/h" else b"/secret")
+
+
+@given(st.text(alphabet="ab./%\\2eEfFcC5\u00e9", max_size=24))
+def test_a_path_with_nothing_to_resolve_is_its_own_resolution(text: str) -> None:
+    # Pass: wherever needs_resolving says no (the gateway then skips resolve_path),
+    # resolve_path would have returned the path as it came, or refused it as not ASCII,
+    # as the shortcut does.
+    raw = ("/" + text).encode()
+    if needs_resolving(raw):
+        return
+    if not raw.isascii():
+        with pytest.raises(PathRefused):
+            resolve_path(raw)
+        with pytest.raises(PathRefused):
+            upstream_url(ROUTES, raw, b"")
+        return
+    assert resolve_path(raw) == raw.decode("ascii")
