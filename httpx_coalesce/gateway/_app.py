@@ -310,7 +310,7 @@ class Gateway:
         await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
         # With a known length the last chunk ends the response itself: one message less
         # for every buffered answer.
-        remaining = _content_length(headers) if "content-length" in response.headers else None
+        remaining = _length_of(headers)
         ended = False
         stream: Any = response.stream
         try:
@@ -418,6 +418,14 @@ def _content_length(headers: Any) -> int | None:
                 return None
             return int(value)
     return 0
+
+
+def _length_of(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """A response's declared length, or None when it declares none (or a malformed one)."""
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
