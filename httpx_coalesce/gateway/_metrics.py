@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
@@ -36,13 +37,24 @@ class _Worker(Collector):
         yield worker
 
 
+def _no_exemplars() -> dict[str, Any]:
+    """Exemplars off: the Prometheus text format has no place for them, and the SDK's
+    default filter looks up the current span for every measurement to decide whether to
+    keep one. (SDKs before exemplars, 1.27, have neither the filter nor the cost.)"""
+    try:
+        from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter
+    except ImportError:  # pragma: no cover - opentelemetry-sdk < 1.28
+        return {}
+    return {"exemplar_filter": AlwaysOffExemplarFilter()}
+
+
 class Metrics:
     """The metrics of one gateway process: hand ``meter_provider`` to its transport."""
 
     def __init__(self) -> None:
         self._registry = CollectorRegistry(auto_describe=False)
         reader = PrometheusMetricReader(registry=self._registry, disable_target_info=True)
-        self.meter_provider = MeterProvider(metric_readers=[reader])
+        self.meter_provider = MeterProvider(metric_readers=[reader], **_no_exemplars())
         self._registry.register(_Worker())
 
     def render(self) -> bytes:
