@@ -62,7 +62,8 @@ async def main(url: str) -> None:
 
     async def redis_py_unbounded(keys: list[str]) -> list[object]:
         replies = await asyncio.gather(
-            *(script(keys=[key], args=["a" * 16, 5000]) for key in keys), return_exceptions=True
+            *(script(keys=[key, f"{key}:round"], args=["a" * 16, 5000]) for key in keys),
+            return_exceptions=True,
         )
         return list(replies)
 
@@ -72,7 +73,7 @@ async def main(url: str) -> None:
 
     async def one(key: str) -> None:
         async with gate:
-            await bounded_script(keys=[key], args=["a" * 16, 5000])
+            await bounded_script(keys=[key, f"{key}:round"], args=["a" * 16, 5000])
 
     async def redis_py_bounded(keys: list[str]) -> list[object]:
         return await asyncio.gather(*(one(key) for key in keys), return_exceptions=True)
@@ -83,7 +84,7 @@ async def main(url: str) -> None:
             async with gate:
                 pipe = bounded.pipeline(transaction=False)
                 for key in chunk:
-                    await bounded_script(keys=[key], args=["a" * 16, 5000], client=pipe)
+                    await bounded_script(keys=[key, f"{key}:round"], args=["a" * 16, 5000], client=pipe)
                 return list(await pipe.execute(raise_on_error=False))
 
         chunks = [keys[i : i + 64] for i in range(0, len(keys), 64)]
@@ -110,7 +111,10 @@ async def main(url: str) -> None:
 
     async def valkey_glide(keys: list[str]) -> list[object]:
         replies = await asyncio.gather(
-            *(glide.invoke_script(glide_script, keys=[key], args=["a" * 16, "5000"]) for key in keys),
+            *(
+                glide.invoke_script(glide_script, keys=[key, f"{key}:round"], args=["a" * 16, "5000"])
+                for key in keys
+            ),
             return_exceptions=True,
         )
         return list(replies)

@@ -81,11 +81,13 @@ class RedisBackend:
     * A flight already under way rides a blip out (Redis slow, paused, restarted,
       failed over, unreachable for a while): followers keep their place and resume
       once Redis answers; the leader keeps what Redis could not take and writes it
-      then, taking back a lease Redis lost if nobody else took it, and writing its
-      round again from the head if Redis lost the stream (chunks carry their offset).
+      then, taking back its round (and the lease, if nobody else took it) and writing
+      it again from the head if Redis lost it (chunks carry their offset). A round
+      whose lease went to another process meanwhile still ends for its followers.
     * With the transport's ``window``, a finished answer stays in Redis that long for
       late callers in any process, under the local window's rules.
-    * A leader that dies is replaced by one of its followers once its lease runs out;
+    * A leader that dies is replaced by one of its followers once its round's
+      heartbeat runs out;
       the others follow the new leader. A follower that already handed out a streamed
       response cannot start over: its readers get the client library's ``ReadError``
       (``ReadTimeout`` after ``follower_wait`` seconds of silence). A buffered response
@@ -473,11 +475,11 @@ def _from_window(context: Context, kept: bytes, request: Any, library: Library) 
 
 def _new_lease(keys: FlightKeys) -> Lease:
     token = new_token()
-    return Lease(keys.lease, keys.stream(token), token)
+    return Lease(keys.lease, keys.stream(token), token, keys.round(token))
 
 
 def _lease_of(keys: FlightKeys, holder: str) -> Lease:
-    return Lease(keys.lease, keys.stream(holder), holder)
+    return Lease(keys.lease, keys.stream(holder), holder, keys.round(holder))
 
 
 def _next_round(keys: FlightKeys, following: Lease, followed: Any) -> tuple[Lease | None, Lease | None, bool]:

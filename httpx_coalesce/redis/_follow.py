@@ -74,7 +74,9 @@ class Presence:
 
     def __init__(self, context: Context, round_lease: Lease) -> None:
         self._context = context
-        self._lease = Lease(watch_key(round_lease), round_lease.stream, new_token())
+        watch = watch_key(round_lease)
+        # A lease of its own and nothing more: the watch key is its own round.
+        self._lease = Lease(watch, round_lease.stream, new_token(), watch)
         self._mine = False
         self._last = -float("inf")
 
@@ -323,8 +325,8 @@ class Reading:
 async def _advance_async(reading: Reading, ops: AsyncOps, handed_out: bool) -> None:
     lease = reading.lease
     try:
-        if reading.took(await ops.read(lease.key, lease.stream, reading.after, reading.block(ops.block))):
-            reading.confirm(await ops.read(lease.key, lease.stream, reading.after, None))
+        if reading.took(await ops.read(lease.round, lease.stream, reading.after, reading.block(ops.block))):
+            reading.confirm(await ops.read(lease.round, lease.stream, reading.after, None))
     except Garbage:
         raise
     except RedisTrouble as trouble:
@@ -334,8 +336,8 @@ async def _advance_async(reading: Reading, ops: AsyncOps, handed_out: bool) -> N
 def _advance_sync(reading: Reading, ops: SyncOps, handed_out: bool) -> None:
     lease = reading.lease
     try:
-        if reading.took(ops.read(lease.key, lease.stream, reading.after, reading.block(ops.block))):
-            reading.confirm(ops.read(lease.key, lease.stream, reading.after, None))
+        if reading.took(ops.read(lease.round, lease.stream, reading.after, reading.block(ops.block))):
+            reading.confirm(ops.read(lease.round, lease.stream, reading.after, None))
     except Garbage:
         raise
     except RedisTrouble as trouble:

@@ -36,8 +36,8 @@ class Publisher(Protocol):
     def behind(self) -> bool:
         """Records are waiting for Redis, or the lease must be taken again."""
 
-    def lease_lost(self) -> None:
-        """Redis said the lease is not this leader's (any more)."""
+    def round_lost(self) -> None:
+        """Redis said the round is not this leader's (any more): it lost it, or it lapsed."""
 
     def catch_up(self, ops: SyncOps) -> bool:
         """Write what is waiting; True once nothing more will be (drop the hold)."""
@@ -163,7 +163,7 @@ class LeaseKeeper:
             # The ops inside the try: a client that cannot be made is Redis trouble too.
             held = self._ops().renew([hold.lease for hold in holds], self._lease_ms, self._stream_ttl_ms)
         except RedisTrouble as trouble:
-            # The leases may now run out; their leaders learn it at their next append.
+            # The rounds may now run out; their leaders learn it at their next append.
             self._troubled = True
             self._on_trouble(trouble)
             for hold in holds:
@@ -174,13 +174,13 @@ class LeaseKeeper:
         for hold, still in zip(holds, held, strict=True):
             if not still:
                 if hold.publisher is not None:
-                    # Maybe Redis lost it (restarted, failed over, evicted): the
-                    # leader takes it again if nobody else did.
-                    hold.publisher.lease_lost()
+                    # Redis lost it (restarted, failed over, evicted) or let it lapse
+                    # (a blip): the leader takes its round again and writes it anew.
+                    hold.publisher.round_lost()
                     continue
                 hold.lost = True
                 self.drop(hold)
-                logger.debug("lease %s lost to another leader or expired", hold.lease.key)
+                logger.debug("round %s lost or expired", hold.lease.round)
         ops = self._ops()
         for hold in holds:
             publisher = hold.publisher

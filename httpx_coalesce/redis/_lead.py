@@ -3,8 +3,8 @@
 The leader hands the local flight a response whose stream passes the upstream's bytes
 through and appends them to the round's Redis stream on the way. Redis trouble never
 reaches the leader's own callers: what Redis could not take waits in the leader and
-goes out once Redis answers again (see ``Lead``). It never publishes after losing its
-lease to another leader, since every append checks the lease in the same script.
+goes out once Redis answers again (see ``Lead``). Every append checks, in the same
+script, that the round is still this leader's.
 
 On an event loop the call runs in a task of its own (``_FleetCall``), so it can outlive
 the local flight while another process still follows the round; a sync leader runs it
@@ -192,12 +192,13 @@ class Lead:
     """One round this process leads: its lease, what it publishes, and where it fails.
 
     Records go out from the caller's path as they come. Once Redis fails (an error, a
-    timeout, or a lease it no longer has), the lead is *behind*: the caller's path stops
+    timeout, or a round it no longer has), the lead is *behind*: the caller's path stops
     writing, and the lease keeper's thread writes what is waiting once Redis answers,
-    then hands back. A lease Redis lost (a restart, a failover, eviction) is taken again
-    with the leader's own token, but only if it is free: if another process leads the
-    key meanwhile, this round stops publishing (never two leaders of one key), and its
-    own callers carry on as if there were no Redis.
+    then hands back. A round Redis lost or let lapse is taken again with the leader's
+    own token and written again from its head; the key's lease too, but only if it is
+    free. If another process took the lease meanwhile, it leads a round of its own for
+    the callers that came since; this round goes on to its end for the followers it
+    has (each round has its own stream and heartbeat, see ``_scripts``).
     """
 
     def __init__(
@@ -209,12 +210,12 @@ class Lead:
         #: The round this one takes over from, that stopped before its end.
         self._replaces = replaces
         self.publication = Publication(context.limits.max_body_bytes)
-        #: Nothing more goes to Redis: the final record went out, the lease went to
-        #: another leader, or Redis failed for longer than a stream lives.
+        #: Nothing more goes to Redis: the final record went out, or Redis failed for
+        #: longer than a stream lives.
         self.stopped = False
         self._lock = threading.Lock()
         self._behind_since: float | None = None
-        #: Redis said the lease is not ours: take it again before writing.
+        #: Redis said the round is not ours: take it again before writing.
         self._unsure = False
         hold.publisher = self
 
@@ -278,7 +279,7 @@ class Lead:
 
     # -- the keeper's side (its thread) --------------------------------------------------
 
-    def lease_lost(self) -> None:
+    def round_lost(self) -> None:
         with self._lock:
             self._unsure = True
             self._fall_behind()
@@ -297,33 +298,30 @@ class Lead:
     def catch_up(self, ops: SyncOps) -> bool:
         settings = self._context.settings
         lease = self.hold.lease
+        # Redis said the round is not ours: it lost the round's heartbeat (a restart, a
+        # failover, eviction) or let it lapse (a blip longer than a lease), and maybe the
+        # stream with it. The round is written again from its head, taking its heartbeat
+        # back (its token is its own: no other leader can hold it) and the lease if free.
+        retake = self._unsure
+        if retake:
+            with self._lock:
+                self.publication.rewrite()
         try:
-            if self._unsure:
-                holder = ops.acquire(lease, settings.lease_ms)
-                if holder is not None and holder != lease.token:
-                    logger.debug("lease %s went to another leader: no longer publishing", lease.key)
-                    with self._lock:
-                        self.stopped = True
-                    return True
-                # Ours again (taken back, or it never left and the stream did): Redis
-                # may have lost the stream with it, so the round is written again.
-                with self._lock:
-                    self.publication.rewrite()
-                self._unsure = False
             while True:
                 with self._lock:
                     publication = self.publication
                     records, final = publication.due(FLUSH_BYTES)
                     start, generation = publication.written, publication.generation
-                    if not records:
+                    if not records and not retake:
                         # Up to date: the caller's path writes what comes next.
                         self._behind_since = None
                         return self.stopped
                 if not ops.append(
-                    lease, records, settings.lease_ms, settings.stream_ttl_ms, final, start > 0
+                    lease, records, settings.lease_ms, settings.stream_ttl_ms, final, start > 0, retake
                 ):
                     self._unsure = True
                     return False
+                retake = self._unsure = False
                 with self._lock:
                     publication.wrote(start, len(records), generation)
                     if final:
@@ -381,7 +379,7 @@ class Lead:
         # Written under this round's lease into the old round's stream: it wakes the
         # followers still waiting there, and sends late ones here instead of into
         # another election after this round may already be over.
-        return Lease(lease.key, replaced.stream, lease.token), [(MOVED, lease.token.encode())]
+        return Lease(lease.key, replaced.stream, lease.token, lease.round), [(MOVED, lease.token.encode())]
 
     async def announce_async(self, ops: AsyncOps) -> None:
         """Tell the followers of the replaced round, if any, where to go."""

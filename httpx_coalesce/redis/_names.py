@@ -63,6 +63,11 @@ class FlightKeys:
         """The finished response kept for late callers (the fleet window), while it lasts."""
         return f"{self.prefix}window:{bucket_tag(self.key)}:{self.key}"
 
+    def round(self, token: str) -> str:
+        """Holds *token* while the leader of its round is alive (renewed each heartbeat),
+        whoever holds the lease: followers judge their leader by this, not by the lease."""
+        return f"{self.prefix}round:{bucket_tag(self.key)}:{self.key}:{token}"
+
     def stream(self, token: str) -> str:
         """The records of the round led by *token*: a follower never reads another round's."""
         return f"{self.prefix}stream:{bucket_tag(self.key)}:{self.key}:{token}"

@@ -48,11 +48,14 @@ Entry = tuple[bytes, bytes, bytes]
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """One round's lease: its key, its stream, and the leader's token."""
+    """One round: the key's lease (which elects), the round's stream, the leader's
+    token, and the round's own heartbeat key (whether its leader is alive; see
+    ``_scripts``)."""
 
     key: str
     stream: str
     token: str
+    round: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,7 @@ class AsyncOps(Protocol):
         ttl_ms: int,
         final: bool,
         expect_stream: bool = False,
+        retake: bool = False,
     ) -> bool: ...
 
     async def read(self, lease_key: str, stream: str, after: bytes, block: float | None) -> Read: ...
@@ -105,13 +109,14 @@ def _append_args(
     ttl_ms: int,
     final: bool,
     expect_stream: bool = False,
+    retake: bool = False,
 ) -> list[bytes | str | int]:
     args: list[bytes | str | int] = [
         token,
         lease_ms,
         ttl_ms,
         b"1" if final else b"0",
-        b"1" if expect_stream else b"0",
+        b"2" if retake else b"1" if expect_stream else b"0",
     ]
     for kind, data in records:
         args.append(kind)
@@ -193,7 +198,7 @@ def _renew_call(leases: Sequence[Lease], lease_ms: int, ttl_ms: int) -> tuple[li
     keys: list[str] = []
     args: list[str | int] = [lease_ms, ttl_ms]
     for lease in leases:
-        keys += [lease.key, lease.stream]
+        keys += [lease.key, lease.stream, lease.round]
     args += [lease.token for lease in leases]
     return keys, args
 
@@ -233,7 +238,7 @@ class SyncOps:
 
     def acquire(self, lease: Lease, lease_ms: int) -> str | None:
         with self._gated():
-            reply = self._acquire(keys=[lease.key], args=[lease.token, lease_ms])
+            reply = self._acquire(keys=[lease.key, lease.round], args=[lease.token, lease_ms])
         return _acquired(reply, lease.token)
 
     def append(
@@ -244,11 +249,12 @@ class SyncOps:
         ttl_ms: int,
         final: bool,
         expect_stream: bool = False,
+        retake: bool = False,
     ) -> bool:
         with self._gated():
             reply = self._append(
-                keys=[lease.key, lease.stream],
-                args=_append_args(lease.token, records, lease_ms, ttl_ms, final, expect_stream),
+                keys=[lease.key, lease.stream, lease.round],
+                args=_append_args(lease.token, records, lease_ms, ttl_ms, final, expect_stream, retake),
             )
         return _appended(reply)
 
@@ -416,12 +422,12 @@ class AsyncioOps:
     async def _pipelined(self, batch: list[tuple[Any, list[Any], asyncio.Future[Any]]]) -> list[Any]:
         pipe = self._commands.pipeline(transaction=False)
         for script, arguments, _ in batch:
-            numkeys = 1 if script is self._acquire else 2
+            numkeys = 2 if script is self._acquire else 3
             pipe.evalsha(script.sha, numkeys, *arguments)
         return list(await pipe.execute(raise_on_error=False))
 
     async def acquire(self, lease: Lease, lease_ms: int) -> str | None:
-        reply = await self._call(self._acquire, [lease.key], [lease.token, lease_ms])
+        reply = await self._call(self._acquire, [lease.key, lease.round], [lease.token, lease_ms])
         return _acquired(reply, lease.token)
 
     async def append(
@@ -432,9 +438,10 @@ class AsyncioOps:
         ttl_ms: int,
         final: bool,
         expect_stream: bool = False,
+        retake: bool = False,
     ) -> bool:
-        args = _append_args(lease.token, records, lease_ms, ttl_ms, final, expect_stream)
-        reply = await self._call(self._append, [lease.key, lease.stream], args)
+        args = _append_args(lease.token, records, lease_ms, ttl_ms, final, expect_stream, retake)
+        reply = await self._call(self._append, [lease.key, lease.stream, lease.round], args)
         return _appended(reply)
 
     async def read(self, lease_key: str, stream: str, after: bytes, block: float | None) -> Read:
@@ -506,9 +513,10 @@ class ThreadOps:
         ttl_ms: int,
         final: bool,
         expect_stream: bool = False,
+        retake: bool = False,
     ) -> bool:
         return await anyio.to_thread.run_sync(
-            partial(self._ops.append, lease, records, lease_ms, ttl_ms, final, expect_stream),
+            partial(self._ops.append, lease, records, lease_ms, ttl_ms, final, expect_stream, retake),
             abandon_on_cancel=True,
             limiter=self._limiter,
         )
