@@ -36,6 +36,7 @@ import redis.exceptions
 
 from ._errors import Garbage, RedisTrouble
 from ._names import new_token
+from ._records import END, ERROR, TOO_LARGE
 
 __all__ = [
     "AsyncioReader",
@@ -57,6 +58,9 @@ READ_COUNT = 256
 
 #: Seconds a stream is read ahead after its follower last took entries.
 LINGER = 1.0
+
+#: Record types that end a round for good (see ``_records``).
+_ENDS = frozenset((END, ERROR, TOO_LARGE))
 
 #: The field of a wake stream's entries (a flight's records have ``t`` and ``d``).
 WAKE_FIELD = b"w"
@@ -100,6 +104,12 @@ class _Stream:
         self.base = self.cursor
         return entries, self.lease
 
+    def handed_out(self, entries: list[Entry], now: float) -> None:
+        """Read ahead for a while, unless *entries* ended the round: nothing more will
+        come that its follower needs (an aborted round may still get a successor's
+        pointer, so it is read on)."""
+        self.linger_until = 0.0 if entries and entries[-1][1] in _ENDS else now + LINGER
+
 
 @dataclass(frozen=True, slots=True)
 class Cycle:
@@ -138,7 +148,7 @@ class Streams:
             stream = self._streams[want.stream] = _Stream(want.after, want.after)
         elif want.after == stream.base and stream.buffer:
             want.entries, want.lease = stream.take()
-            stream.linger_until = time.monotonic() + LINGER
+            stream.handed_out(want.entries, time.monotonic())
             return False
         elif want.after == stream.cursor:
             stream.buffer.clear()
@@ -213,7 +223,7 @@ class Streams:
                     want.entries, want.lease = entries, lease
                 answered.extend(stream.wants)
                 stream.wants.clear()
-                stream.linger_until = now + LINGER
+                stream.handed_out(entries, now)
             else:
                 # A want that joined during this read has no lease value from it: it
                 # waits for the next read, which is due at once.
