@@ -38,6 +38,7 @@ from ._records import (
     ERROR,
     HEAD,
     MOVED,
+    PRESENCE,
     TOO_LARGE,
     UpstreamFailure,
     decode_chunk,
@@ -63,11 +64,13 @@ class Presence:
     """A follower process tells the round's leader it still waits for the answer.
 
     A leader whose own callers have all left keeps its upstream call going only while
-    some process follows it: each follower takes the round's watch key if it is free
-    (a lease of its own, so it lapses if the process dies) and renews it while it
-    waits or reads; leaving, it deletes the key if it holds it, and any other follower
-    takes it at its next look. Failures here are ignored: the follower's reads meet
-    the same Redis and deal with it.
+    some process follows it. It asks with a ``PRESENCE`` record; from then on each
+    follower takes the round's watch key if it is free (a lease of its own, so it
+    lapses if the process dies) and renews it while it waits or reads; leaving, it
+    deletes the key if it holds it, and any other follower takes it at its next look.
+    Until asked, followers send nothing for it: most leaders keep their callers.
+    Failures here are ignored: the follower's reads meet the same Redis and deal with
+    it.
     """
 
     __slots__ = ("_context", "_last", "_lease", "_mine")
@@ -192,6 +195,8 @@ class Reading:
         #: Body bytes read so far (handed out or waiting in ``chunks``).
         self._received = 0
         self.outcome: Outcome | None = None
+        #: The leader asked its followers to mark their presence (``Presence``).
+        self.presence_wanted = False
         self._progress_at = time.monotonic()
         self._missing_since: float | None = None
         self._trouble_since: float | None = None
@@ -200,7 +205,9 @@ class Reading:
     def feed(self, entries: list[Entry]) -> None:
         for entry_id, kind, data in entries:
             self.after = entry_id
-            if kind == MOVED:
+            if kind == PRESENCE:
+                self.presence_wanted = True
+            elif kind == MOVED:
                 # The stream of an aborted round, or of a vanished one (no final record).
                 if self.outcome not in (None, Stop.ABORTED) or not is_token(data):
                     raise Garbage("a misplaced successor record")
@@ -453,7 +460,8 @@ class _AsyncFollowerStream:
                 if follower.complete():
                     return
                 try:
-                    await follower.presence.keep_async(self._ops)
+                    if reading.presence_wanted:
+                        await follower.presence.keep_async(self._ops)
                     await _advance_async(reading, self._ops, True)
                 except RedisTrouble as trouble:
                     raise follower.lost_redis(trouble) from None
@@ -481,7 +489,8 @@ class _SyncFollowerStream:
                 if follower.complete():
                     return
                 try:
-                    follower.presence.keep_sync(self._ops)
+                    if reading.presence_wanted:
+                        follower.presence.keep_sync(self._ops)
                     _advance_sync(reading, self._ops, True)
                 except RedisTrouble as trouble:
                     raise follower.lost_redis(trouble) from None
@@ -501,7 +510,8 @@ async def follow_async(context: Context, ops: AsyncOps, lease: Lease, request: A
         while not reading.ready(request.method, context):
             if reading.waited_too_long:
                 return Verdict.ALONE
-            await presence.keep_async(ops)
+            if reading.presence_wanted:
+                await presence.keep_async(ops)
             await _advance_async(reading, ops, False)
         settled = _Follower(context, reading, request, library, presence).settle(True, ops)
         return settled
@@ -522,7 +532,8 @@ def follow_sync(context: Context, ops: SyncOps, lease: Lease, request: Any, libr
         while not reading.ready(request.method, context):
             if reading.waited_too_long:
                 return Verdict.ALONE
-            presence.keep_sync(ops)
+            if reading.presence_wanted:
+                presence.keep_sync(ops)
             _advance_sync(reading, ops, False)
         settled = _Follower(context, reading, request, library, presence).settle(False, ops)
         return settled

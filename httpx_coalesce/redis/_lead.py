@@ -39,6 +39,7 @@ from ._records import (
     CHUNK,
     END,
     MOVED,
+    PRESENCE,
     TOO_LARGE,
     Record,
     chunk_record,
@@ -79,6 +80,7 @@ class Publication:
         "generation",
         "head",
         "records",
+        "taken",
         "written",
     )
 
@@ -89,6 +91,9 @@ class Publication:
         self.records: list[Record] = []
         #: How many of ``records`` Redis has, as far as the leader knows.
         self.written = 0
+        #: How many of ``records`` Redis has or a write on its way carries: those stay
+        #: as they are (and where they are) until that write returns.
+        self.taken = 0
         #: Counts the times the round was started again from its head: a write begun
         #: before that says nothing of what the new stream has.
         self.generation = 0
@@ -119,7 +124,7 @@ class Publication:
             # Followers must not buffer more than the local flight would: they make
             # their own request, or (already streaming) stop with an error. The chunks
             # not yet sent are of no use to anyone now.
-            del self.records[self.written :]
+            del self.records[max(self.written, self.taken) :]
             self._finish((TOO_LARGE, b""))
             return True
         self._add(chunk_record(offset, data))
@@ -140,9 +145,47 @@ class Publication:
         """The leader stops before the end for a reason of its own (its callers left)."""
         self._finish((ABORT, b""))
 
+    def ask_presence(self) -> bool:
+        """Ask followers to mark their presence; True if that record should go out now."""
+        if self.closed or (PRESENCE, b"") in self.records:
+            return False
+        self._add((PRESENCE, b""))
+        return True
+
+    def merge_due(self) -> None:
+        """Join the body chunks Redis does not have yet, neighbours in the body, into
+        records of up to ``FLUSH_BYTES``: one stream entry each, and one for its
+        followers to read, instead of one per piece the upstream sent. Only while no
+        write is on its way (it would move records under it)."""
+        merged: list[Record] = []
+        run: list[Record] = []
+        run_bytes = 0
+
+        def close_run() -> None:
+            if len(run) == 1:
+                merged.append(run[0])
+            elif run:
+                offset = decode_chunk(run[0][1])[0]
+                merged.append(chunk_record(offset, b"".join(decode_chunk(data)[1] for _, data in run)))
+            run.clear()
+
+        for record in self.records[self.written :]:
+            if record[0] != CHUNK:
+                close_run()
+                merged.append(record)
+                continue
+            if run and run_bytes + len(record[1]) > FLUSH_BYTES:
+                close_run()
+            if not run:
+                run_bytes = 0
+            run.append(record)
+            run_bytes += len(record[1])
+        close_run()
+        self.records[self.written :] = merged
+
     def due(self, max_bytes: int | None = None) -> tuple[list[Record], bool]:
         """The records Redis does not have yet (about *max_bytes* of them at most), and
-        whether they end with the final record."""
+        whether they end with the final record: taken by a write."""
         end = len(self.records)
         if max_bytes is not None:
             size = 0
@@ -151,11 +194,12 @@ class Publication:
                 if size > max_bytes and index > self.written:
                     end = index
                     break
+        self.taken = end
         return self.records[self.written : end], self.closed and end == len(self.records)
 
     def rewrite(self) -> None:
         """Redis may have lost the stream: everything is due again."""
-        self.written = 0
+        self.written = self.taken = 0
         self.generation += 1
 
     def wrote(self, start: int, count: int, generation: int) -> None:
@@ -240,6 +284,8 @@ class Lead:
             if self.stopped or self._behind_since is not None:
                 return None
             publication = self.publication
+            if publication.taken <= publication.written:
+                publication.merge_due()
             records, final = publication.due()
             if not records:
                 return None
@@ -403,24 +449,24 @@ class Lead:
             self._context.report(trouble)
 
     async def flush_async(self, ops: AsyncOps) -> None:
-        """Write what is queued, unless the keeper does. Never raises but for cancellation."""
-        batch = self._batch()
-        if batch is None:
-            return
+        """Write what is queued, unless the keeper does; what was queued while a write
+        was on its way goes out in the next. Never raises but for cancellation. One
+        task writes at a time (``_Writer``, or the fleet call once it is over)."""
         settings = self._context.settings
-        try:
-            held = await ops.append(
-                self.hold.lease,
-                batch.records,
-                settings.lease_ms,
-                settings.stream_ttl_ms,
-                batch.final,
-                batch.start > 0,
-            )
-        except RedisTrouble as trouble:
-            self._failed(trouble)
-            return
-        self._done(batch, held)
+        while (batch := self._batch()) is not None:
+            try:
+                held = await ops.append(
+                    self.hold.lease,
+                    batch.records,
+                    settings.lease_ms,
+                    settings.stream_ttl_ms,
+                    batch.final,
+                    batch.start > 0,
+                )
+            except RedisTrouble as trouble:
+                self._failed(trouble)
+                return
+            self._done(batch, held)
 
     def flush_sync(self, ops: SyncOps) -> None:
         batch = self._batch()
@@ -471,6 +517,40 @@ class _End:
 _END = _End()
 
 
+class _Writer:
+    """Writes a round's records from a task of its own, so the upstream is read on
+    while a write is on its way. What arrives meanwhile goes out together in the next
+    write (one round trip, one stream entry per run of chunks), as Nagle's algorithm
+    does for TCP; a record that arrives with no write on its way goes at once, so the
+    head and the first bytes are never held back."""
+
+    def __init__(self, lead: Lead, ops: AsyncOps) -> None:
+        self._lead = lead
+        self._ops = ops
+        self._wake = anyio.Event()
+        #: Set while nothing is queued or on its way.
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    def kick(self) -> None:
+        """Records were queued: write them now, or after the write on its way."""
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        self._wake.set()
+
+    async def drain(self) -> None:
+        """Wait until what was queued is written (or left to the keeper)."""
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            await self._lead.flush_async(self._ops)
+            if not self._wake.is_set():
+                self._idle.set()
+
+
 class _FleetCall:
     """The fleet leader's upstream call, in a task of its own apart from the local flight.
 
@@ -494,6 +574,7 @@ class _FleetCall:
         self.response: Any = None
         self.error: BaseException | None = None
         self._watch = watch_key(lead.hold.lease)
+        self._writer = _Writer(lead, ops)
 
     def local_left(self) -> None:
         """The local flight stopped listening: from now on the call is the followers'."""
@@ -505,7 +586,9 @@ class _FleetCall:
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(self._watch_followers, group.cancel_scope)
+                group.start_soon(self._writer.run)
                 await self._exchange()
+                await self._writer.drain()
                 group.cancel_scope.cancel()
         except Exception as error:  # a bug of ours: end the round, never the event loop
             logger.exception("fleet call failed: %s", error)
@@ -530,7 +613,7 @@ class _FleetCall:
         return error
 
     async def _exchange(self) -> None:
-        lead, ops = self._lead, self._ops
+        lead, ops, writer = self._lead, self._ops, self._writer
         publication = lead.publication
         await lead.announce_async(ops)
         try:
@@ -539,14 +622,15 @@ class _FleetCall:
             if cancelled_from_outside(error):
                 raise
             publication.fail(error)
-            await lead.flush_async(ops)
+            writer.kick()
+            await writer.drain()
             self.error = error
             self.headed.set()
             return
         try:
             head = Head.of(response)
             if publication.start(head, is_buffered(head, self._request.method, lead.limits)):
-                await lead.flush_async(ops)
+                writer.kick()
             self.response = response
             self.headed.set()
             try:
@@ -555,7 +639,7 @@ class _FleetCall:
                         # Local readers first: the Redis round trip happens while they read.
                         await self._deliver(chunk)
                         if publication.chunk(chunk):
-                            await lead.flush_async(ops)
+                            writer.kick()
             except BaseException as error:
                 # A BaseException from below (not this task's cancellation) is an
                 # answer too: followers elsewhere must not elect a leader to send the
@@ -563,11 +647,15 @@ class _FleetCall:
                 if cancelled_from_outside(error):
                     raise
                 publication.fail(error)
-                await lead.flush_async(ops)
+                writer.kick()
+                await writer.drain()
                 await self._deliver(error)
                 return
             publication.end()
-            await lead.flush_async(ops)
+            writer.kick()
+            # The end reaches Redis before the local callers: a process that closes its
+            # backend once they are done has then left its followers a whole round.
+            await writer.drain()
             await self._deliver(_END)
             await lead.share_async(ops)
         finally:
@@ -585,6 +673,10 @@ class _FleetCall:
         """Once the local flight has left, stop the call when no process follows it."""
         await self._local_gone.wait()
         lead = self._lead
+        # Followers say they still wait only once asked: a round whose leader's callers
+        # stay costs no presence traffic at all.
+        if lead.publication.ask_presence():
+            self._writer.kick()
         interval = lead.settings.interval
         unfollowed_since: float | None = None
         while True:

@@ -1,7 +1,8 @@
 """The records of a flight's stream, as the leader writes and followers read them.
 
 Each stream entry is one record: a type and its data. A round is a head, body chunks,
-then exactly one final record (end, error, too large or abort). A round that stopped
+then exactly one final record (end, error, too large or abort); ``presence`` (once, at
+any point) asks its followers to say that they still wait (see ``_follow.Presence``). A round that stopped
 early (its leader aborted, or died and left no final record) may get one more record
 from the leader that replaced it: ``moved``, naming the new round, so that its
 followers go there instead of electing again.
@@ -32,6 +33,7 @@ __all__ = [
     "ERROR",
     "HEAD",
     "MOVED",
+    "PRESENCE",
     "TOO_LARGE",
     "Record",
     "UpstreamFailure",
@@ -54,6 +56,9 @@ TOO_LARGE = b"l"
 ABORT = b"a"
 #: Written by a successor into the stream of a round that stopped early; data: its token.
 MOVED = b"m"
+#: The leader's own callers all left: its followers from now on mark their presence,
+#: or the leader stops its upstream call. No data.
+PRESENCE = b"p"
 
 #: (type, data)
 Record = tuple[bytes, bytes]

@@ -117,11 +117,13 @@ def test_the_leading_gateway_keeps_its_call_while_a_client_of_another_still_wait
         wait_for(lambda: fake_api.held == 1)
         with ThreadPoolExecutor(1) as pool:
             staying = pool.submit(httpx.post, following.url + path, json=CHAT, headers=headers, timeout=30)
-            # The other gateway follows the round in Redis...
-            wait_for(lambda: any(watching.scan_iter(match=f"{prefix}watch:*")))
-            # ...when the only client of the leading one leaves.
+            # The other gateway's client waits (following the round in Redis)...
+            wait_for(lambda: following.waiters() == 1)
+            # ...when the only client of the leading one leaves: the leader asks its
+            # followers to show themselves, and the other gateway does.
             leaver.close()
             wait_for(lambda: leading.waiters() == 0)
+            wait_for(lambda: any(watching.scan_iter(match=f"{prefix}watch:*")))
             hold.set()
             response = staying.result()
     finally:

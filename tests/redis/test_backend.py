@@ -461,13 +461,15 @@ async def test_leader_keeps_its_call_while_a_second_follower_takes_over_from_one
             async with anyio.create_task_group() as leaving:
                 leaving.start_soon(call, leading)
                 await until(lambda: upstream.hits["/echo"] == 1)
-                # The first follower takes the round's watch key; the second finds it taken.
                 leaving.start_soon(call, first)
                 await until(following(redis_client, prefix, "first"))
                 group.start_soon(call, second)
                 await until(following(redis_client, prefix, "second"))
-                # The leader's callers and the key's holder go, and the key with it: the
-                # second follower takes it over before the leader gives up on the fleet.
+                # While the leader's own callers stay, followers mark nothing.
+                assert not watched()
+                # The leader's callers and the first follower go: the leader asks its
+                # followers to show themselves, and the second takes the watch key
+                # before the leader gives up on the fleet.
                 leaving.cancel_scope.cancel()
             await until(lambda: leader.stats().cancelled_flights == 1)
             await until(watched)
