@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import platform
 import statistics
 import sys
@@ -226,10 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         before = tree_cpu(pid)
                         load = wrk(url + chat_path, 32, args.seconds)
                         cpu = tree_cpu(pid) - before
-                        record(
-                            f"throughput.{name}",
-                            {**_load(load), "cpu_per_request_us": cpu / load.requests * 1e6},
-                        )
+                        # A loaded machine may let a short (--quick) run finish no request:
+                        # its CPU per request is then unknown, not a crash of the run.
+                        per_request = cpu / load.requests * 1e6 if load.requests else math.nan
+                        record(f"throughput.{name}", {**_load(load), "cpu_per_request_us": per_request})
                     record("throughput.direct", _load(wrk(server.url + chat_path, 32, args.seconds)))
                     # 3 and 4. bursts of identical requests.
                     for name, port, pid in (
