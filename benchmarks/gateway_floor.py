@@ -11,6 +11,9 @@ forwarder's.
 
 ``--against DIR`` adds the gateway of another checkout (say a worktree of ``main``) to
 the same rounds, so a change is measured before and after under the same load.
+Ratios are paired by round (median, min-max). ``--instructions N`` then counts each
+server's instructions per request under valgrind's callgrind: on a shared machine,
+CPU time moves with the load; instruction counts do not.
 """
 
 from __future__ import annotations
@@ -18,15 +21,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 
-from .gateway import Gateway
 from .gateway_tools import PYTHON, Process, free_port, tree_cpu
 from .server import BenchServer
-from .stats import percentile
+from .stats import Spread, percentile, ratios, spread
 
 Message = MutableMapping[str, Any]
 
@@ -100,14 +106,54 @@ def serve_forwarder(port: int, upstream: str) -> None:
     )
 
 
-def _other_gateway(checkout: str, upstream: str, port: int) -> Process:
-    """The gateway of *checkout*, imported from there (its directory first on the path)."""
-    argv = ["httpx-coalesce", "serve", "--upstream", upstream, "--port", str(port), "--no-access-log"]
-    code = (
-        f"import runpy, sys; sys.path.insert(0, {os.path.abspath(checkout)!r}); sys.argv = {argv!r}; "
-        "runpy.run_module('httpx_coalesce', run_name='__main__')"
+def _commands(upstream: str, against: str | None) -> dict[str, tuple[list[str], int]]:
+    """Each server measured, by name: its command line and its port."""
+    commands: dict[str, tuple[list[str], int]] = {}
+    port = free_port()
+    commands["forwarder"] = (
+        [PYTHON, "-m", "benchmarks.gateway_floor", "--serve-forwarder", str(port), upstream],
+        port,
     )
-    return Process([PYTHON, "-c", code], f"http://127.0.0.1:{port}/healthz")
+    port = free_port()
+    serve = ["serve", "--upstream", upstream, "--port", str(port), "--no-access-log"]
+    commands["gateway"] = ([PYTHON, "-m", "httpx_coalesce", *serve], port)
+    if against is not None:
+        # The other checkout's package, imported from there: its directory goes first
+        # on the path (python -m would put this directory, the working one, first).
+        port = free_port()
+        serve = ["serve", "--upstream", upstream, "--port", str(port), "--no-access-log"]
+        code = (
+            f"import runpy, sys; sys.path.insert(0, {os.path.abspath(against)!r}); "
+            f"sys.argv = {['httpx-coalesce', *serve]!r}; "
+            "runpy.run_module('httpx_coalesce', run_name='__main__')"
+        )
+        commands["against"] = ([PYTHON, "-c", code], port)
+    return commands
+
+
+def _instructions(argv: list[str], port: int, requests: int) -> float:
+    """Instructions the server executes per request (valgrind's callgrind), counted from
+    after a warm-up to the last request: unlike CPU time, the same under any load."""
+    with tempfile.TemporaryDirectory() as directory:
+        out = Path(directory) / "callgrind.out"
+        counted = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+        server = Process([*counted, *argv], f"http://127.0.0.1:{port}/healthz", timeout=600)
+        try:
+            asyncio.run(_measure(port, 100, "warm"))
+            _callgrind(server.pid, "on")
+            asyncio.run(_measure(port, requests, "counted"))
+            _callgrind(server.pid, "off")
+            # Stopped gently, so that callgrind writes its counts as the process ends.
+            server.popen.send_signal(signal.SIGINT)
+            server.popen.wait(timeout=300)
+        finally:
+            server.stop()
+        totals = next(line for line in out.read_text().splitlines() if line.startswith("totals:"))
+        return int(totals.split()[1]) / requests
+
+
+def _callgrind(pid: int, instrumentation: str) -> None:
+    subprocess.run(["callgrind_control", "-i", instrumentation, str(pid)], check=True, capture_output=True)
 
 
 async def _measure(port: int, count: int, tag: str) -> list[float]:
@@ -143,31 +189,30 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=1000, help="per target and round")
     parser.add_argument("--against", metavar="DIR", help="also measure the gateway of this checkout")
+    parser.add_argument(
+        "--instructions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also count each server's instructions over N requests (needs valgrind)",
+    )
     parser.add_argument("--serve-forwarder", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_forwarder:
         serve_forwarder(int(args.serve_forwarder[0]), args.serve_forwarder[1])
         return 0
-    gateways = ["gateway"] + (["against"] if args.against else [])
-    latency: dict[str, list[float]] = {name: [] for name in ["direct", "forwarder", *gateways]}
-    cpu: dict[str, list[float]] = {name: [] for name in ["forwarder", *gateways]}
     with BenchServer() as server:
-        port = free_port()
-        bare = Process(
-            [PYTHON, "-m", "benchmarks.gateway_floor", "--serve-forwarder", str(port), server.url],
-            f"http://127.0.0.1:{port}/healthz",
-        )
-        gateway = Gateway(server.url, "--no-access-log")
-        other_port = free_port()
-        other_process = _other_gateway(args.against, server.url, other_port) if args.against else None
+        commands = _commands(server.url, args.against)
+        gateways = [name for name in commands if name != "forwarder"]
+        latency: dict[str, list[float]] = {name: [] for name in ["direct", *commands]}
+        cpu: dict[str, list[float]] = {name: [] for name in commands}
+        processes: dict[str, Process] = {}
         try:
-            targets = {
-                "direct": (server.port, None),
-                "forwarder": (port, bare.pid),
-                "gateway": (gateway.port, gateway.pid),
+            for name, (argv, port) in commands.items():
+                processes[name] = Process(argv, f"http://127.0.0.1:{port}/healthz")
+            targets = {"direct": (server.port, None)} | {
+                name: (port, processes[name].pid) for name, (_, port) in commands.items()
             }
-            if other_process is not None:
-                targets["against"] = (other_port, other_process.pid)
             for target, (target_port, _) in targets.items():  # warm-up
                 asyncio.run(_measure(target_port, 100, f"warm-{target}"))
             for round_ in range(args.rounds):
@@ -180,26 +225,39 @@ def main() -> int:
                         cpu[target].append((tree_cpu(pid) - before) / args.requests * 1e6)
                     latency[target].append(percentile(samples, 0.5))
         finally:
-            gateway.stop()
-            bare.stop()
-            if other_process is not None:
-                other_process.stop()
-    direct = percentile(latency["direct"], 0.5)
-    added = {name: percentile(latency[name], 0.5) - direct for name in cpu}
-    cpu_us = {name: percentile(cpu[name], 0.5) for name in cpu}
+            for process in processes.values():
+                process.stop()
+        instructions = {
+            name: _instructions(argv, port, args.instructions)
+            for name, (argv, port) in commands.items()
+            if args.instructions
+        }
+    added = {name: [a - d for a, d in zip(latency[name], latency["direct"], strict=True)] for name in cpu}
     print(
         f"gateway floor: {args.rounds} rounds x {args.requests} unique POSTs, one connection, "
         f"load {os.getloadavg()[0]:.1f}"
     )
-    print(f"  direct p50 {direct:.0f} µs")
+    print(f"  direct p50 {spread(latency['direct']).median:.0f} µs")
     for name in cpu:
-        print(f"  {name:9} adds {added[name]:.0f} µs p50, {cpu_us[name]:.0f} µs CPU per request")
-    for name in gateways:
-        print(
-            f"  {name} / forwarder: latency added {added[name] / added['forwarder']:.2f}x, "
-            f"CPU {cpu_us[name] / cpu_us['forwarder']:.2f}x"
+        line = (
+            f"  {name:9} adds {spread(added[name]).median:.0f} µs p50, {spread(cpu[name]).median:.0f} µs CPU"
         )
+        if name in instructions:
+            line += f", {instructions[name] / 1000:,.0f}k instructions"
+        print(line + " per request")
+    for name in gateways:
+        # Paired by round: a burst of load from elsewhere hits both of a round alike.
+        latency_ratio = ratios(added[name], added["forwarder"])
+        cpu_ratio = ratios(cpu[name], cpu["forwarder"])
+        line = f"  {name} / forwarder: latency added {_ratio(latency_ratio)}, CPU {_ratio(cpu_ratio)}"
+        if name in instructions:
+            line += f", instructions {instructions[name] / instructions['forwarder']:.3f}x"
+        print(line)
     return 0
+
+
+def _ratio(summary: Spread) -> str:
+    return f"{summary.median:.2f}x ({summary.low:.2f}-{summary.high:.2f})"
 
 
 if __name__ == "__main__":
