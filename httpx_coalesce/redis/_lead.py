@@ -656,8 +656,11 @@ class _FleetCall:
             # The end reaches Redis before the local callers: a process that closes its
             # backend once they are done has then left its followers a whole round.
             await writer.drain()
-            await self._deliver(_END)
+            # So does the fleet window's entry, as the local window has its entry before
+            # they see the end: a caller anywhere that starts once one of them has the
+            # whole body finds it there.
             await lead.share_async(ops)
+            await self._deliver(_END)
         finally:
             with anyio.CancelScope(shield=True):
                 await response.aclose()

@@ -17,7 +17,8 @@ from httpx_coalesce import CoalescingTransport, Limits
 from httpx_coalesce.redis import RedisBackend
 
 from ..upstream import Upstream
-from .conftest import Worker
+from .conftest import StartRedis, Worker
+from .faults import FaultProxy
 from .test_fleet import HEADERS
 
 pytestmark = pytest.mark.anyio
@@ -144,3 +145,41 @@ async def test_a_kept_answer_reaches_the_other_transport_without_credentials_of_
     assert orjson.loads(other.content)["hit"] == 2
     assert second.stats().redis_window_hits == 1
     redis_client.delete(*window_keys(redis_client, prefix))
+
+
+@asyncio_only
+@pytest.mark.parametrize(
+    ("method", "path"), [("POST", "/echo"), ("GET", "/sse?events=3")], ids=["buffered", "sse"]
+)
+async def test_a_caller_elsewhere_right_behind_the_leaders_caller_is_a_window_hit(
+    method: str,
+    path: str,
+    upstream: Upstream,
+    base_url: str,
+    redis_server: StartRedis,
+    make_transport: MakeTransport,
+) -> None:
+    """Pass: B (another transport) starts the moment A's read of the whole body returns,
+    and gets the answer from the fleet window, with one upstream call. A's Redis is
+    behind a proxy that delays every byte: a window entry written after A's caller
+    saw the end would reach Redis after B looked (and B would call upstream itself)."""
+    server = redis_server()
+    proxy = FaultProxy(server.port)
+    try:
+        proxy.delay = 0.2
+        first = make_transport(backend=RedisBackend.from_url(proxy.url, socket_timeout=5.0), window=WINDOW)
+        second = make_transport(backend=RedisBackend.from_url(server.url), window=WINDOW)
+        async with (
+            httpx.AsyncClient(transport=first, base_url=base_url, timeout=30.0) as a,
+            httpx.AsyncClient(transport=second, base_url=base_url) as b,
+        ):
+            async with a.stream(method, path) as response:
+                body = await response.aread()
+            # Nothing in between: B starts as A's read returns.
+            late = await b.request(method, path)
+        assert late.content == body
+        assert upstream.total == 1
+        assert second.stats().redis_window_hits == 1
+        assert second.stats().upstream_calls == 0
+    finally:
+        proxy.close()
