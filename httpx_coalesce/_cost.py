@@ -7,8 +7,9 @@ call unless the application starts its ``UpdatePrices`` on purpose; its prices m
 its releases (upgrade the package to get new ones).
 
 What counts: each call that sharing made unnecessary saves that call's price, once. A
-flight of N callers saves N - 1 calls (its followers' answers); a window hit saves one.
-The price of the one call made is the leader's own, and never counts.
+flight of N callers saves N - 1 calls (its followers' answers); a window hit saves one;
+a flight answered by another process through the backend saves N (its leader made no
+call either). The price of the one call made is never counted.
 
 The lookup never runs on a caller's path. A flight's end may run on the event loop (an
 asyncio pump task) or in a caller's own read of its stream, so pricing is handed to one

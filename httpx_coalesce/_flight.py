@@ -107,6 +107,7 @@ class Seat:
 class Flight:
     __slots__ = (
         "_cancel",
+        "answered_elsewhere",
         "body",
         "demand",
         "error",
@@ -175,6 +176,9 @@ class Flight:
         #: The leader's request URL: which API answered, for the price of its answer.
         self.url: object = None
         self.upstream_response: object = None
+        #: The backend answered from another process (its leader, or the fleet window):
+        #: the leader's caller saved a call too, like its followers.
+        self.answered_elsewhere = False
 
     def __repr__(self) -> str:
         return f"<Flight {self.id} key={self.key[:12]} {self.state.value} seats={len(self.seats)}>"

@@ -37,14 +37,16 @@ class CoalesceStats:
     #: Flights in flight now, and the callers attached to them.
     in_flight: int = 0
     waiters: int = 0
-    #: Response body bytes that were not fetched again because a caller shared a flight.
+    #: Response body bytes that were not fetched again because a caller shared a flight
+    #: (with a Redis backend, also a flight whose answer came from another process).
     bytes_saved: int = 0
     #: LLM tokens (from the ``usage`` block) not paid for again: the total, and by type
     #: (``input``, ``output``, ``cached_input``; the types add up to the total).
     tokens_saved: int = 0
     tokens_saved_by_type: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     #: The estimated list price, in USD, of the LLM calls that sharing made unnecessary
-    #: (a follower's answer or a window hit saves one call's price), from genai-prices
+    #: (a follower's answer, a window hit, or a flight's leader answered by another
+    #: process saves one call's price), from genai-prices
     #: (the ``cost`` extra), and the same by the price list's model id. Priced in a
     #: worker thread as flights end, so it may lag the other counts by a moment.
     cost_saved: Decimal = Decimal(0)

@@ -149,7 +149,7 @@ class CoalescingTransport(_Bases):
                 while True:
                     flight = seat.flight
                     if seat.leader:
-                        send = self._async_sender(library, key)
+                        send = self._async_sender(library, key, flight)
                         try:
                             cancel = spawn_detached(partial(pump_async, flight, send, request, self._limits))
                         except Exception:
@@ -186,7 +186,11 @@ class CoalescingTransport(_Bases):
                         # Sent from this very thread, as alone: the inner transport sees this
                         # caller's thread, its thread-locals and its contextvars.
                         lead_sync(
-                            flight, self._sync_sender(library, key), request, self._limits, self._pump_body
+                            flight,
+                            self._sync_sender(library, key, flight),
+                            request,
+                            self._limits,
+                            self._pump_body,
                         )
                     try:
                         outcome = flight.wait(flight.outcome, budget)
@@ -405,32 +409,52 @@ class CoalescingTransport(_Bases):
                 digest.update(f"\0{name}:{value}".encode("utf-8", "surrogateescape"))
         return digest.hexdigest()
 
-    def _async_sender(self, library: Library, key: str) -> AsyncSend:
+    def _async_sender(self, library: Library, key: str, flight: Flight) -> AsyncSend:
         """How the leader of *key* gets its response: upstream, or through the backend."""
         inner = self._inner(library, is_async=True)
         counters = self._counters
+        backend = self._backend
+        sent = False
 
         async def send(request: Any) -> Any:
+            nonlocal sent
+            sent = True
             counters.upstream(request)
             return await inner.handle_async_request(request)
 
-        backend = self._backend
         if backend is None:
             return send
-        return lambda request: backend.send_async(key, request, library, send)
 
-    def _sync_sender(self, library: Library, key: str) -> SyncSend:
+        async def through_backend(request: Any) -> Any:
+            response = await backend.send_async(key, request, library, send)
+            # A backend answer that never went upstream from here came from another
+            # process: this flight's leader saved its call as well as its followers.
+            flight.answered_elsewhere = not sent
+            return response
+
+        return through_backend
+
+    def _sync_sender(self, library: Library, key: str, flight: Flight) -> SyncSend:
         inner = self._inner(library, is_async=False)
         counters = self._counters
+        backend = self._backend
+        sent = False
 
         def send(request: Any) -> Any:
+            nonlocal sent
+            sent = True
             counters.upstream(request)
             return inner.handle_request(request)
 
-        backend = self._backend
         if backend is None:
             return send
-        return lambda request: backend.send_sync(key, request, library, send)
+
+        def through_backend(request: Any) -> Any:
+            response = backend.send_sync(key, request, library, send)
+            flight.answered_elsewhere = not sent
+            return response
+
+        return through_backend
 
     def _inner(self, library: Library, is_async: bool) -> Any:
         if self._transport is not None:
@@ -504,9 +528,11 @@ class CoalescingTransport(_Bases):
         if head is None:
             return
         replay = flight.replay
-        followers = flight.joined - 1
+        # Calls not made: one per follower, and the leader's own when another process
+        # answered it (a fleet leader, or the fleet window).
+        saved = flight.joined - 1 + flight.answered_elsewhere
         window = replay.whole and self._window.seconds > 0 and shareable_later(head)
-        if followers <= 0 and not window:
+        if saved <= 0 and not window:
             return
         logger.debug("flight %s shared by %d callers", flight.id, flight.joined)
         # Joining the body is a copy of it, held as long as the flight: only for what
@@ -516,12 +542,12 @@ class CoalescingTransport(_Bases):
         if replay.whole and (window or replay.size <= MAX_PARSED):
             body = replay.body()
             tokens = tokens_in(body, head.header(b"content-type") or b"")
-        if followers > 0:
-            self._counters.saved(replay.size * followers, None if tokens is None else tokens.times(followers))
+        if saved > 0:
+            self._counters.saved(replay.size * saved, None if tokens is None else tokens.times(saved))
         if body is not None and tokens is not None and tokens.total:
             # Priced in a worker: a flight may end on the event loop or in a caller's read.
             content_type = head.header(b"content-type") or b""
-            self._counters.pricer.flight_saved(flight.key, body, content_type, flight.url, max(0, followers))
+            self._counters.pricer.flight_saved(flight.key, body, content_type, flight.url, max(0, saved))
         if window and body is not None and tokens is not None:
             entry = WindowEntry(head, body, flight.id, tokens, time.monotonic() + self._window.seconds)
             self._window.put(flight.key, entry)
