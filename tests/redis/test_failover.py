@@ -47,6 +47,10 @@ MakeWorker = Callable[[dict[str, Any]], Worker]
 #: the promoted replica; still longer than half the failover, since a follower that
 #: handed out nothing waits out Redis trouble for two leases before it calls alone.
 LEASE = 2.0
+#: Redis commands may take this long before a flight falls back upstream: the default
+#: quarter second, on a machine busy with the whole suite, can send a follower upstream
+#: before the fault is even injected (failing open, as it should, but not the case here).
+TIMEOUTS: dict[str, Any] = {"lease": LEASE, "socket_timeout": 1.0}
 #: Callers per transport in this process.
 LOCAL_CALLERS = 3
 PREFIX = "failover:"
@@ -199,7 +203,7 @@ async def test_a_cluster_master_failover_mid_flight_fails_no_caller(
     cluster = healed
     backends = [
         RedisBackend.from_url(
-            cluster.url, cluster=True, prefix=PREFIX, client_name=f"{PREFIX}{name}", lease=LEASE
+            cluster.url, cluster=True, prefix=PREFIX, client_name=f"{PREFIX}{name}", **TIMEOUTS
         )
         for name in ("leader", "follower")
     ]
@@ -215,7 +219,7 @@ async def test_a_cluster_master_failover_mid_flight_fails_no_caller(
         upstream,
         base_url,
         backends,
-        {"redis": cluster.url, "cluster": True, "lease": LEASE},
+        {"redis": cluster.url, "cluster": True, **TIMEOUTS},
         lambda: cluster.nodes,
         fail_over,
         make_transport,
@@ -235,9 +239,9 @@ async def test_a_sentinel_failover_mid_flight_fails_no_caller(
         url = f"redis+sentinel://{addresses}/{setup.service}/0"
         backends = [
             RedisBackend.from_sentinel(
-                setup.addresses, setup.service, prefix=PREFIX, client_name=f"{PREFIX}leader", lease=LEASE
+                setup.addresses, setup.service, prefix=PREFIX, client_name=f"{PREFIX}leader", **TIMEOUTS
             ),
-            RedisBackend.from_url(url, prefix=PREFIX, client_name=f"{PREFIX}follower", lease=LEASE),
+            RedisBackend.from_url(url, prefix=PREFIX, client_name=f"{PREFIX}follower", **TIMEOUTS),
         ]
 
         def fail_over() -> None:
@@ -249,7 +253,7 @@ async def test_a_sentinel_failover_mid_flight_fails_no_caller(
             upstream,
             base_url,
             backends,
-            {"redis": url, "lease": LEASE},
+            {"redis": url, **TIMEOUTS},
             lambda: [setup.master, setup.replica],
             fail_over,
             make_transport,

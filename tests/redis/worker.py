@@ -31,8 +31,9 @@ def emit(event: str, **fields: Any) -> None:
 
 def make_transport(config: dict[str, Any]) -> CoalescingTransport:
     options: dict[str, Any] = {"prefix": config["prefix"], "client_name": config["client_name"]}
-    if "lease" in config:
-        options["lease"] = config["lease"]
+    for name in ("lease", "socket_timeout"):
+        if name in config:
+            options[name] = config[name]
     if config.get("cluster"):
         options["cluster"] = True
     return CoalescingTransport(
