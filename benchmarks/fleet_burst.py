@@ -116,6 +116,54 @@ class RoundTrips:
             cls.send_packed_command = counted
 
 
+class Troubles:
+    """Why flights failed open: each Redis trouble the backend reported, by the
+    operation that met it (the innermost frame of ours in its traceback) and the
+    error's first words; and flights that skipped Redis while the breaker was open."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        from httpx_coalesce._stats import Counters
+        from httpx_coalesce.redis import _backend
+
+        original_report = _backend.RedisBackend._report
+        original_error = Counters.backend_error
+        tally = self
+
+        def report(backend: Any, trouble: Any) -> None:
+            caller = sys._getframe(1).f_code
+            if caller.co_name == "report":
+                caller = sys._getframe(2).f_code
+            origin = f"{Path(caller.co_filename).stem}.{caller.co_name}"
+            tally.add(f"{origin} | {_where(trouble)}: {str(trouble)[:60]}")
+            original_report(backend, trouble)
+
+        def backend_error(counters: Any, kind: str) -> None:
+            if kind == "backoff":
+                tally.add("breaker open: skipped Redis")
+            original_error(counters, kind)
+
+        _backend.RedisBackend._report = report  # type: ignore[method-assign,assignment]
+        Counters.backend_error = backend_error  # type: ignore[method-assign,assignment]
+
+    def add(self, why: str) -> None:
+        self.counts[why] = self.counts.get(why, 0) + 1
+
+
+def _where(error: BaseException) -> str:
+    frames = []
+    cause: BaseException | None = error
+    while cause is not None:
+        tb = cause.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame.f_code)
+            tb = tb.tb_next
+        cause = cause.__cause__
+    ours = [code for code in frames if "httpx_coalesce" in code.co_filename]
+    names = [f"{Path(code.co_filename).stem}.{code.co_name}" for code in ours]
+    return " > ".join(dict.fromkeys(names[-3:])) or "?"
+
+
 def emit(event: str, **fields: Any) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
@@ -124,6 +172,7 @@ async def worker(config: dict[str, Any]) -> None:
     from httpx_coalesce.redis import RedisBackend
 
     trips = RoundTrips()
+    troubles = Troubles()
     backend = None
     if config["redis"]:
         backend = RedisBackend.from_url(
@@ -149,6 +198,7 @@ async def worker(config: dict[str, Any]) -> None:
         emit("ready")
         await anyio.to_thread.run_sync(sys.stdin.readline)
         trips.count = 0
+        troubles.counts.clear()
 
         async def call(key: int) -> None:
             started = time.perf_counter()
@@ -161,10 +211,24 @@ async def worker(config: dict[str, Any]) -> None:
             except Exception as error:
                 failures.append(f"{type(error).__name__}: {error}")
 
-        async with anyio.create_task_group() as group:
-            for key in range(config["keys"]):
-                for _ in range(config["callers"]):
-                    group.start_soon(call, key)
+        lag = 0.0
+        bursting = True
+
+        async def watch_lag() -> None:
+            # How late the event loop runs a timer: how long one of its turns took.
+            nonlocal lag
+            while bursting:
+                asked = time.perf_counter()
+                await anyio.sleep(0.05)
+                lag = max(lag, time.perf_counter() - asked - 0.05)
+
+        async with anyio.create_task_group() as watcher:
+            watcher.start_soon(watch_lag)
+            async with anyio.create_task_group() as group:
+                for key in range(config["keys"]):
+                    for _ in range(config["callers"]):
+                        group.start_soon(call, key)
+            bursting = False
     stats = transport.stats()
     transport.close()
     emit(
@@ -175,6 +239,8 @@ async def worker(config: dict[str, Any]) -> None:
         redis_errors=stats.redis_errors,
         redis_led=stats.redis_led,
         round_trips=trips.count,
+        troubles=troubles.counts,
+        loop_lag=lag,
     )
 
 
@@ -305,9 +371,12 @@ def run_burst(
         "fail_open": sum(done["redis_errors"] for done in dones),
         "failed": sum(done["failed"] for done in dones),
         "failures": [failure for done in dones for failure in done["failures"]][:5],
+        "fail_open_why": _merged(done.get("troubles", {}) for done in dones),
         "p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
         "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1) if latencies else None,
         "seconds": round(elapsed, 2),
+        "loop_lag_max_ms": round(1000 * max(done["loop_lag"] for done in dones)),
+        "load_average": round(os.getloadavg()[0], 1),
     }
     if observer is not None:
         after = observer.info("stats")
@@ -330,6 +399,14 @@ def run_burst(
             observer.delete(key)
         observer.close()
     return result
+
+
+def _merged(tallies: Any) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for tally in tallies:
+        for why, count in tally.items():
+            merged[why] = merged.get(why, 0) + count
+    return dict(sorted(merged.items(), key=lambda item: -item[1]))
 
 
 def start_redis() -> tuple[str, subprocess.Popen[bytes]]:
