@@ -39,6 +39,7 @@ from ._names import FlightKeys, new_token
 from ._ops import Lease
 from ._options import check_options
 from ._options import sentinel_url as _sentinel_url
+from ._patience import BACKSTOP
 from ._records import decode_window
 from ._settings import DEFAULT_PREFIX, Settings
 
@@ -144,10 +145,18 @@ class RedisBackend:
         async_read_client: AsyncClientFactory | None,
         settings: Settings,
         owned: bool,
+        timeout: float | None = None,
     ) -> None:
         self._settings = settings
         self._clients = Clients(
-            client, read_client, async_client, async_read_client, settings.interval, settings.prefix, owned
+            client,
+            read_client,
+            async_client,
+            async_read_client,
+            settings.interval,
+            settings.prefix,
+            owned,
+            timeout,
         )
         self._breaker = Breaker(settings.backoff)
         self._keeper = LeaseKeeper(
@@ -211,22 +220,22 @@ class RedisBackend:
         # A malformed URL is refused now, not at each request (redis-py leaves it untyped).
         redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
         options = {"retry": Retry(NoBackoff(), 0), **redis_options}
-        read_timeout = settings.interval + socket_timeout + _READ_MARGIN
-        timeouts = {"socket_connect_timeout": socket_connect_timeout}
         sync_class: Any = redis.cluster.RedisCluster if cluster else redis.Redis
         async_class: Any = redis.asyncio.cluster.RedisCluster if cluster else redis.asyncio.Redis
+        timeouts = _Timeouts(settings, socket_timeout, socket_connect_timeout)
 
-        def maker(of: Any, timeout: float) -> Callable[[], Any]:
-            return lambda: of.from_url(url, socket_timeout=timeout, **timeouts, **options)
+        def maker(of: Any, timeout: float, connect: float) -> Callable[[], Any]:
+            return lambda: of.from_url(url, socket_timeout=timeout, socket_connect_timeout=connect, **options)
 
         backend = cls.__new__(cls)
         backend._setup(
-            maker(sync_class, socket_timeout),
-            maker(sync_class, read_timeout),
-            maker(async_class, socket_timeout),
-            maker(async_class, read_timeout),
+            maker(sync_class, socket_timeout, socket_connect_timeout),
+            maker(sync_class, timeouts.read(socket_timeout), socket_connect_timeout),
+            maker(async_class, BACKSTOP, BACKSTOP),
+            maker(async_class, BACKSTOP, BACKSTOP),
             settings,
             owned=True,
+            timeout=timeouts.patient,
         )
         return backend
 
@@ -297,25 +306,27 @@ class RedisBackend:
             "socket_connect_timeout": socket_connect_timeout,
             **(sentinel_options or {}),
         }
-        options = {"retry": Retry(NoBackoff(), 0), "socket_connect_timeout": socket_connect_timeout}
-        options.update(redis_options)
-        read_timeout = settings.interval + socket_timeout + _READ_MARGIN
+        options = {"retry": Retry(NoBackoff(), 0), **redis_options}
+        timeouts = _Timeouts(settings, socket_timeout, socket_connect_timeout)
 
-        def maker(module: Any, timeout: float) -> Callable[[], Any]:
+        def maker(module: Any, timeout: float, connect: float) -> Callable[[], Any]:
             def make() -> Any:
                 watch = module.Sentinel(sentinels, sentinel_kwargs=to_sentinels, **to_sentinels)
-                return watch.master_for(service, socket_timeout=timeout, **options)
+                return watch.master_for(
+                    service, socket_timeout=timeout, socket_connect_timeout=connect, **options
+                )
 
             return make
 
         backend = cls.__new__(cls)
         backend._setup(
-            maker(redis.sentinel, socket_timeout),
-            maker(redis.sentinel, read_timeout),
-            maker(redis.asyncio.sentinel, socket_timeout),
-            maker(redis.asyncio.sentinel, read_timeout),
+            maker(redis.sentinel, socket_timeout, socket_connect_timeout),
+            maker(redis.sentinel, timeouts.read(socket_timeout), socket_connect_timeout),
+            maker(redis.asyncio.sentinel, BACKSTOP, BACKSTOP),
+            maker(redis.asyncio.sentinel, BACKSTOP, BACKSTOP),
             settings,
             owned=True,
+            timeout=timeouts.patient,
         )
         return backend
 
@@ -458,6 +469,25 @@ class RedisBackend:
         if not self._breaker.closed:
             self._breaker.succeeded()
             logger.info("Redis is back; coalescing across processes again")
+
+
+class _Timeouts:
+    """The timeouts of the clients a backend makes itself.
+
+    Sync clients time out on the socket, which a busy process does not delay. asyncio
+    clients time out on event-loop timers, which a burst does (see ``_patience``): their
+    own timeouts are only a backstop, and the ops keep the patient one.
+    """
+
+    def __init__(self, settings: Settings, socket_timeout: float, connect_timeout: float) -> None:
+        self._interval = settings.interval
+        #: A command's timeout in time the loop was free: connecting included, so the
+        #: longer of the two.
+        self.patient = max(socket_timeout, connect_timeout)
+
+    def read(self, timeout: float) -> float:
+        """A read client's socket timeout: a whole heartbeat's block, and then some."""
+        return self._interval + timeout + _READ_MARGIN
 
 
 def _from_window(context: Context, kept: bytes, request: Any, library: Library) -> Any:

@@ -22,6 +22,7 @@ import anyio
 
 from ._errors import RedisTrouble
 from ._ops import AsyncioOps, AsyncOps, SyncOps, ThreadOps
+from ._patience import cap_for
 
 __all__ = ["AsyncClientFactory", "Clients", "SyncClientFactory", "check_client", "connection_options"]
 
@@ -88,6 +89,7 @@ class Clients:
         heartbeat: float,
         prefix: str,
         owned: bool,
+        timeout: float | None = None,
     ) -> None:
         self._client = client
         self._read_client = read_client
@@ -96,6 +98,10 @@ class Clients:
         self._heartbeat = heartbeat
         self._prefix = prefix
         self._owned = owned
+        #: Set for the clients RedisBackend makes itself: their asyncio clients time out
+        #: only at ``cap_for(timeout)``, and the asyncio ops keep *timeout* themselves,
+        #: in time the event loop was free (see ``_patience``).
+        self._timeout = timeout
         self._lock = threading.RLock()
         self._sync: SyncOps | None = None
         self._made: list[Any] = []
@@ -125,7 +131,7 @@ class Clients:
         tells that): a busy event loop may take a while to get through it.
         """
         timeout = _socket_timeout(commands)
-        return 1.0 if timeout is None else max(1.0, min(4 * timeout, 5.0))
+        return 1.0 if timeout is None else cap_for(timeout)
 
     def sync_ops(self) -> SyncOps:
         """The ops of the sync clients. Raises RedisTrouble if a client cannot be made."""
@@ -170,7 +176,10 @@ class Clients:
                 client if self._async_read_client is None else _made(self._async_read_client, "an asyncio")
             )
             block = self._block(reads, reads is not client)
-            return AsyncioOps(client, reads, block, prefix=self._prefix, wait=self._wait(client))
+            timeout = self._timeout if self._timeout is not None else _socket_timeout(client)
+            cap = cap_for(timeout) if self._timeout is not None and timeout is not None else timeout
+            wait = self._wait(client) if self._timeout is None else cap_for(self._timeout)
+            return AsyncioOps(client, reads, block, prefix=self._prefix, wait=wait, timeout=timeout, cap=cap)
         return ThreadOps(self.sync_ops(), anyio.CapacityLimiter(THREADS))
 
     async def aclose(self) -> None:

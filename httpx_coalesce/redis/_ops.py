@@ -3,11 +3,13 @@
 ``SyncOps`` uses a ``redis.Redis`` (or ``RedisCluster``) client, for threads;
 ``AsyncioOps`` a ``redis.asyncio`` one bound to one asyncio loop; ``ThreadOps`` runs the sync
 ones in worker threads, for trio (where redis.asyncio cannot run) and for asyncio when
-no asyncio client was given. At most ``COMMANDS`` commands run at once per flavour and
-event loop, and the followers' blocking reads go through one reader per bucket
-(``_reader``), so a burst opens a bounded number of connections. Every failure, timeout
-or unexpected answer comes out as :class:`RedisTrouble`; cancellation passes through
-untouched.
+no asyncio client was given. The commands of one asyncio loop are auto-pipelined on at
+most ``PIPELINES`` connections, and their timeouts count only time the loop was free to
+hear Redis (``_patience``); threads run at most ``COMMANDS`` commands at once. The
+followers' blocking reads go through one reader per bucket (``_reader``). So a burst
+opens a bounded number of connections, and a busy process is not taken for a slow Redis.
+Every failure, timeout or unexpected answer comes out as :class:`RedisTrouble`;
+cancellation passes through untouched.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -28,6 +30,7 @@ import redis.cluster
 
 from ._errors import Garbage, RedisTrouble
 from ._names import is_token, tag_of
+from ._patience import LoopWatch, patiently
 from ._reader import (
     READ_COUNT,
     AsyncioReader,
@@ -36,6 +39,7 @@ from ._reader import (
     parse_entries,
     refresh_slots,
     refresh_slots_sync,
+    wake_commands,
 )
 from ._records import Record
 from ._scripts import ACQUIRE, APPEND, RENEW
@@ -171,13 +175,18 @@ def _block_ms(block: float | None) -> int | None:
     return None if block is None else max(1, round(block * 1000))
 
 
-#: Redis commands one process sends at once, per event loop (and once more for its
-#: threads): connections are opened only up to this, however large the burst. A
-#: command that cannot start within the client's socket timeout is Redis trouble.
+#: Redis commands one process's threads (sync callers, trio, the lease keeper) send at
+#: once: their connections are opened only up to this, however large the burst. A
+#: command that cannot start within four socket timeouts (1 to 5 s) is Redis trouble.
 COMMANDS = 16
 
-#: Script calls one pipeline carries at most.
-BATCH = 256
+#: Pipelines one event loop has out at once, each on a connection of its own: what
+#: queues meanwhile goes in the next. Redis runs one command at a time anyway; more
+#: only overlap the round trips, and each is one more connection to open in a burst.
+PIPELINES = 4
+
+#: Calls one pipeline carries at most.
+BATCH = 512
 
 
 def _cluster(client: Any) -> bool:
@@ -300,9 +309,19 @@ class SyncOps:
                 reader = self._readers.get(tag)
                 if reader is None:
                     streams = Streams(tag, self._prefix, self.block, self._cluster)
-                    reader = ThreadReader(streams, self._reads, self._commands, self._gated, self.block)
+                    reader = ThreadReader(streams, self._reads, self._wake, self.block)
                     self._readers[tag] = reader
         return reader
+
+    def _wake(self, streams: Streams) -> None:
+        try:
+            with self._gated():
+                pipe = self._commands.pipeline(transaction=False)
+                wake_commands(pipe, streams)
+                pipe.execute()
+        except RedisTrouble as trouble:
+            refresh_slots_sync(self._commands, trouble.__cause__)
+            raise
 
     def close(self) -> None:
         for reader in list(self._readers.values()):
@@ -317,9 +336,42 @@ class SyncOps:
             self._commands.set(key, value, px=ttl_ms)
 
 
+@dataclass(eq=False, slots=True)
+class _Call:
+    """One caller's commands, waiting to go out in the next pipeline."""
+
+    #: Puts the commands on a pipeline; returns how many it put.
+    add: Callable[[Any], int]
+    #: Gets their replies, in order (an error reply as the exception).
+    future: asyncio.Future[list[Any]]
+
+
 class AsyncioOps:
+    """The commands of one asyncio event loop, auto-pipelined.
+
+    Every command waits in one queue; whatever queued while the previous pipelines were
+    out goes in the next, on one of at most ``PIPELINES`` connections. A burst of
+    elections, appends and reads is then a few round trips, and a command waits for
+    Redis's answers to the commands before it, never for a slot with a timeout of its
+    own (that wait is this process's burst, not Redis being slow). On a cluster, whose
+    pipelines refuse scripts, each command goes alone, gated as the sync ones are.
+
+    *timeout* and *cap* (seconds): a pipeline that gets no answer within *timeout* of a
+    free event loop, or within *cap* in all, is Redis trouble (see ``_patience``); None:
+    the clients' own socket timeouts only.
+    """
+
     def __init__(
-        self, commands: Any, reads: Any, block: float, *, prefix: str = "", wait: float = 1.0
+        self,
+        commands: Any,
+        reads: Any,
+        block: float,
+        *,
+        prefix: str = "",
+        wait: float = 1.0,
+        timeout: float | None = None,
+        cap: float | None = None,
+        read_margin: float = 1.0,
     ) -> None:
         self._commands = commands
         self._reads = reads
@@ -327,16 +379,36 @@ class AsyncioOps:
         self._cluster = _cluster(commands)
         self._prefix = prefix
         self._wait = wait
+        self._timeout = timeout
+        self._cap = timeout if cap is None else cap
+        self._read_margin = read_margin
         self._gate = asyncio.Semaphore(COMMANDS)
         self._acquire = commands.register_script(ACQUIRE)
         self._append = commands.register_script(APPEND)
         self._readers: dict[str, AsyncioReader] = {}
-        self._batch: list[tuple[Any, list[Any], asyncio.Future[Any]]] = []
+        self._queue: list[_Call] = []
+        self._flush_due = False
+        self._free = PIPELINES
+        self._watch = LoopWatch() if timeout is None else LoopWatch(timeout)
         self._sending: set[asyncio.Task[None]] = set()
         #: Open the readers' connection once Redis first answered: a burst that needs it
         #: later may keep the event loop too busy to finish connecting within the
         #: connect timeout. (Not before: a failing Redis is left alone after one try.)
         self._cold_reads = reads is not commands
+
+    async def _timed(self, work: Coroutine[Any, Any, Any], longer: float = 0.0, queued: bool = True) -> Any:
+        """Run *work* within the timeout (plus *longer* seconds), patiently."""
+        if self._timeout is None or self._cap is None:
+            result = await work
+        else:
+            timeout, cap = self._timeout + longer, self._cap + longer
+            result = await patiently(work, timeout, cap, self._watch, queued)
+        self._watch.heard = asyncio.get_running_loop().time()
+        return result
+
+    async def _timed_read(self, work: Coroutine[Any, Any, Any], block: float) -> Any:
+        """A blocking read: its block, and Redis's timer tick that ends it, on top."""
+        return await self._timed(work, block + self._read_margin, queued=False)
 
     @contextlib.asynccontextmanager
     async def _gated(self) -> AsyncIterator[None]:
@@ -359,75 +431,99 @@ class AsyncioOps:
     def _answered(self) -> None:
         if self._cold_reads:
             self._cold_reads = False
-            warming = asyncio.get_running_loop().create_task(self._warm(self._reads))
+            warming = asyncio.get_running_loop().create_task(self._warm())
             self._sending.add(warming)
             warming.add_done_callback(self._sending.discard)
 
-    @staticmethod
-    async def _warm(reads: Any) -> None:
+    async def _warm(self) -> None:
         with contextlib.suppress(Exception):
-            await reads.ping()
+            await self._timed(self._reads.ping())
 
-    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        """Run *script*. The calls of all flights made in one turn of the event loop go
-        out as one pipeline (a burst of elections is one round trip on one connection,
-        not one connection each); a cluster, whose pipelines refuse scripts, gets one
-        call each."""
-        if self._cluster:
-            async with self._gated():
-                reply = await script(keys=keys, args=args)
-            self._answered()
-            return reply
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._batch.append((script, [*keys, *args], future))
-        if len(self._batch) == 1:
-            asyncio.get_running_loop().call_soon(self._send_batch)
-        return await future
+    # -- the pipeline ----------------------------------------------------------------
 
-    def _send_batch(self) -> None:
+    async def _run(self, add: Callable[[Any], int]) -> list[Any]:
+        """Send the commands *add* puts on a pipeline with the next pipeline out; their
+        replies. Raises RedisTrouble if Redis failed or any reply is an error."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._queue.append(_Call(add, future))
+        if not self._flush_due:
+            self._flush_due = True
+            loop.call_soon(self._flush)
+        replies = await future
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise RedisTrouble(f"{type(reply).__name__}: {reply}")
+        return replies
+
+    def _flush(self) -> None:
+        self._flush_due = False
         # A call whose caller was cancelled meanwhile is not sent: an election nobody
         # waits for would leave a lease that no leader releases.
-        batch = [call for call in self._batch if not call[2].done()]
-        self._batch = []
-        for start in range(0, len(batch), BATCH):
-            task = asyncio.get_running_loop().create_task(self._send(batch[start : start + BATCH]))
+        queue = [call for call in self._queue if not call.future.done()]
+        loop = asyncio.get_running_loop()
+        while queue and self._free > 0:
+            batch, queue = queue[:BATCH], queue[BATCH:]
+            self._free -= 1
+            task = loop.create_task(self._send(batch))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
+        self._queue = queue
 
-    async def _send(self, batch: list[tuple[Any, list[Any], asyncio.Future[Any]]]) -> None:
+    async def _send(self, batch: list[_Call]) -> None:
         try:
-            async with self._gated():
-                replies = await self._pipelined(batch)
-                if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
-                    # A Redis restarted or flushed since: load the scripts, once more.
-                    for script in {id(script): script for script, _, _ in batch}.values():
-                        await self._commands.script_load(script.script)
-                    replies = await self._pipelined(batch)
-            self._answered()
-        except RedisTrouble as trouble:
-            replies = [trouble] * len(batch)
-        for (_, _, future), reply in zip(batch, replies, strict=True):
-            if future.done():
-                continue
-            if isinstance(reply, Exception):
-                error = (
-                    reply
-                    if isinstance(reply, RedisTrouble)
-                    else RedisTrouble(f"{type(reply).__name__}: {reply}")
-                )
-                future.set_exception(error)
+            try:
+                with _trouble():
+                    replies = await self._timed(self._pipelined(batch))
+                    if any(isinstance(r, redis.exceptions.NoScriptError) for some in replies for r in some):
+                        # A Redis restarted or flushed since: load the scripts, once more.
+                        for script in (self._acquire, self._append):
+                            await self._timed(self._commands.script_load(script.script))
+                        replies = await self._timed(self._pipelined(batch))
+                self._answered()
+            except RedisTrouble as trouble:
+                for call in batch:
+                    _fail(call.future, trouble)
             else:
-                future.set_result(reply)
+                for call, reply in zip(batch, replies, strict=True):
+                    if not call.future.done():
+                        call.future.set_result(reply)
+        finally:
+            self._free += 1
+            if self._queue and not self._flush_due:
+                self._flush_due = True
+                asyncio.get_running_loop().call_soon(self._flush)
+            # Nobody is left waiting, even if this task was cancelled (closing).
+            for call in batch:
+                _fail(call.future, RedisTrouble("the backend is closed"))
 
-    async def _pipelined(self, batch: list[tuple[Any, list[Any], asyncio.Future[Any]]]) -> list[Any]:
+    async def _pipelined(self, batch: list[_Call]) -> list[list[Any]]:
         pipe = self._commands.pipeline(transaction=False)
-        for script, arguments, _ in batch:
-            numkeys = 2 if script is self._acquire else 3
-            pipe.evalsha(script.sha, numkeys, *arguments)
-        return list(await pipe.execute(raise_on_error=False))
+        counts = [call.add(pipe) for call in batch]
+        flat = list(await pipe.execute(raise_on_error=False))
+        replies: list[list[Any]] = []
+        start = 0
+        for count in counts:
+            replies.append(flat[start : start + count])
+            start += count
+        return replies
+
+    async def _script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        if self._cluster:
+            async with self._gated():
+                reply = await self._timed(script(keys=keys, args=args))
+            self._answered()
+            return reply
+
+        def add(pipe: Any) -> int:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return 1
+
+        (reply,) = await self._run(add)
+        return reply
 
     async def acquire(self, lease: Lease, lease_ms: int) -> str | None:
-        reply = await self._call(self._acquire, [lease.key, lease.round], [lease.token, lease_ms])
+        reply = await self._script(self._acquire, [lease.key, lease.round], [lease.token, lease_ms])
         return _acquired(reply, lease.token)
 
     async def append(
@@ -441,23 +537,44 @@ class AsyncioOps:
         retake: bool = False,
     ) -> bool:
         args = _append_args(lease.token, records, lease_ms, ttl_ms, final, expect_stream, retake)
-        reply = await self._call(self._append, [lease.key, lease.stream, lease.round], args)
+        reply = await self._script(self._append, [lease.key, lease.stream, lease.round], args)
         return _appended(reply)
 
     async def read(self, lease_key: str, stream: str, after: bytes, block: float | None) -> Read:
         if block is not None:
             entries, lease = await self._reader(stream).read(stream, lease_key, after, block)
             return Read(entries, _lease_value(lease))
+
+        def add(pipe: Any) -> int:
+            pipe.xread({stream: after}, count=READ_COUNT)
+            pipe.get(lease_key)
+            return 2
+
         try:
-            async with self._gated():
-                pipe = self._commands.pipeline(transaction=False)
-                pipe.xread({stream: after}, count=READ_COUNT)
-                pipe.get(lease_key)
-                entries, lease = await pipe.execute()
+            if self._cluster:
+                async with self._gated():
+                    pipe = self._commands.pipeline(transaction=False)
+                    add(pipe)
+                    entries, lease = await self._timed(pipe.execute())
+            else:
+                entries, lease = await self._run(add)
         except RedisTrouble as trouble:
             await refresh_slots(self._commands, trouble.__cause__)
             raise
         return Read(_entries(entries), _lease_value(lease))
+
+    async def _wake(self, streams: Streams) -> None:
+        try:
+            if self._cluster:
+                async with self._gated():
+                    pipe = self._commands.pipeline(transaction=False)
+                    wake_commands(pipe, streams)
+                    await self._timed(pipe.execute())
+            else:
+                await self._run(partial(wake_commands, streams=streams))
+        except RedisTrouble as trouble:
+            await refresh_slots(self._commands, trouble.__cause__)
+            raise
 
     def _reader(self, stream: str) -> AsyncioReader:
         tag = tag_of(stream) if self._cluster else "{hc}"
@@ -465,17 +582,37 @@ class AsyncioOps:
         if reader is None:
             streams = Streams(tag, self._prefix, self.block, self._cluster)
             reader = self._readers[tag] = AsyncioReader(
-                streams, self._reads, self._commands, self._gated, self.block
+                streams, self._reads, self._wake, self._timed_read, self._watch, self.block
             )
         return reader
 
+    def following(self) -> int:
+        """Followers of this loop waiting in a blocking read (for tests and diagnostics)."""
+        return sum(reader.waiting for reader in self._readers.values())
+
     async def window_get(self, key: str) -> bytes | None:
-        async with self._gated():
-            return _window_value(await self._commands.get(key))
+        if self._cluster:
+            async with self._gated():
+                return _window_value(await self._timed(self._commands.get(key)))
+
+        def add(pipe: Any) -> int:
+            pipe.get(key)
+            return 1
+
+        (value,) = await self._run(add)
+        return _window_value(value)
 
     async def window_put(self, key: str, value: bytes, ttl_ms: int) -> None:
-        async with self._gated():
-            await self._commands.set(key, value, px=ttl_ms)
+        if self._cluster:
+            async with self._gated():
+                await self._timed(self._commands.set(key, value, px=ttl_ms))
+            return
+
+        def add(pipe: Any) -> int:
+            pipe.set(key, value, px=ttl_ms)
+            return 1
+
+        await self._run(add)
 
     async def aclose(self) -> None:
         for reader in list(self._readers.values()):
@@ -485,6 +622,16 @@ class AsyncioOps:
         if self._reads is not self._commands:
             with contextlib.suppress(Exception):
                 await self._reads.aclose()
+
+
+def _fail(future: asyncio.Future[list[Any]], trouble: RedisTrouble) -> None:
+    if not future.done():
+        # One exception each: raised in many tasks, a shared one would gather them all
+        # in its traceback.
+        error = RedisTrouble(str(trouble))
+        # What Redis's client raised, as the trouble's own cause: telemetry names it.
+        error.__cause__ = trouble.__cause__ or trouble
+        future.set_exception(error)
 
 
 class ThreadOps:

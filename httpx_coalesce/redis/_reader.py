@@ -26,7 +26,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ import redis.exceptions
 
 from ._errors import Garbage, RedisTrouble
 from ._names import new_token
+from ._patience import LoopWatch, patiently
 from ._records import END, ERROR, TOO_LARGE
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "parse_streams",
     "refresh_slots",
     "refresh_slots_sync",
+    "wake_commands",
 ]
 
 #: (stream entry id, record type, record data)
@@ -136,10 +138,19 @@ class Streams:
         #: Streams (and cursors) of the read in flight; None while none is.
         self._in_flight: dict[str, bytes] | None = None
         self._cycle_end = 0.0
+        #: A wake was asked for the read in flight: the next read takes every stream
+        #: that joined since, so one wake serves them all (a burst of followers would
+        #: otherwise send one write each).
+        self._woken = False
 
     @property
     def idle(self) -> bool:
         return not self._streams
+
+    @property
+    def waiting(self) -> int:
+        """Followers waiting for this reader's next read."""
+        return sum(len(stream.wants) for stream in self._streams.values())
 
     def add(self, want: Want) -> bool:
         """Take *want* (answered at once if read ahead); True if the reader must be woken."""
@@ -159,9 +170,10 @@ class Streams:
             stream.base = stream.cursor = want.after
         stream.wants.append(want)
         in_flight = self._in_flight
-        return in_flight is not None and (
-            in_flight.get(want.stream) != stream.cursor or want.deadline < self._cycle_end
-        )
+        if self._woken or in_flight is None:
+            return False
+        self._woken = in_flight.get(want.stream) != stream.cursor or want.deadline < self._cycle_end
+        return self._woken
 
     def drop(self, want: Want) -> None:
         """A follower stopped waiting (cancelled): its stream may linger, then go."""
@@ -189,6 +201,7 @@ class Streams:
             if not stream.wants:
                 until = min(until, stream.linger_until)
         self._in_flight = streams
+        self._woken = False
         self._cycle_end = until
         block = max(0.001, until - now)
         return Cycle(streams, list(dict.fromkeys(leases)), max(1, round(block * 1000)), self._cluster)
@@ -365,34 +378,27 @@ def _leases(replies: list[Any], cycle: Cycle) -> list[Any]:
     return leases
 
 
-def _wake_pipeline(client: Any, streams: Streams) -> Any:
-    """The write that wakes a reader: one entry in its wake stream, whose expiry is
-    pushed back only now and then (a wake is one command, and the key still goes
-    within WAKE_TTL_MS of the reader's end)."""
-    pipe = client.pipeline(transaction=False)
+def wake_commands(pipe: Any, streams: Streams) -> int:
+    """Put the write that wakes a reader on *pipe*: one entry in its wake stream, whose
+    expiry is pushed back only now and then (a wake is one command, and the key still
+    goes within WAKE_TTL_MS of the reader's end). Returns how many commands it put."""
     pipe.xadd(streams.wake_key, {WAKE_FIELD: b"1"}, maxlen=1, approximate=False)
     now = time.monotonic()
     if now >= streams.wake_expiry_renewal:
         streams.wake_expiry_renewal = now + WAKE_TTL_MS / 2000
         pipe.pexpire(streams.wake_key, WAKE_TTL_MS)
-    return pipe
+        return 2
+    return 1
 
 
 class ThreadReader:
     """A reader thread for the sync clients (threads, trio, the no-asyncio-client case)."""
 
-    def __init__(
-        self,
-        streams: Streams,
-        reads: Any,
-        commands: Any,
-        gate: Callable[[], contextlib.AbstractContextManager[None]],
-        longest: float,
-    ) -> None:
+    def __init__(self, streams: Streams, reads: Any, wake: Callable[[Streams], None], longest: float) -> None:
         self._streams = streams
         self._reads = reads
-        self._commands = commands
-        self._gate = gate
+        #: Sends the wake write (on a command connection: the read one is blocked).
+        self._send_wake = wake
         self._longest = longest
         self._condition = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -414,8 +420,7 @@ class ThreadReader:
             self._condition.notify_all()
         if wake:
             try:
-                with self._gate():
-                    self._wake()
+                self._send_wake(self._streams)
             except RedisTrouble:
                 with self._condition:
                     self._streams.drop(want)
@@ -430,14 +435,6 @@ class ThreadReader:
             raise want.error
         assert want.entries is not None
         return want.entries, want.lease
-
-    def _wake(self) -> None:
-        try:
-            with _trouble():
-                _wake_pipeline(self._commands, self._streams).execute()
-        except RedisTrouble as trouble:
-            refresh_slots_sync(self._commands, trouble.__cause__)
-            raise
 
     def _ensure_thread(self) -> None:
         # A forked child inherits the thread object but not the thread.
@@ -478,6 +475,10 @@ class ThreadReader:
             self._condition.notify_all()
 
 
+async def _answered(signal: asyncio.Future[None]) -> None:
+    await asyncio.shield(signal)
+
+
 class AsyncioReader:
     """A reader task for one asyncio event loop's clients."""
 
@@ -485,15 +486,19 @@ class AsyncioReader:
         self,
         streams: Streams,
         reads: Any,
-        commands: Any,
-        gate: Callable[[], contextlib.AbstractAsyncContextManager[None]],
+        wake: Callable[[Streams], Awaitable[None]],
+        timed: Callable[[Coroutine[Any, Any, Any], float], Awaitable[Any]],
+        watch: LoopWatch,
         longest: float,
     ) -> None:
+        self._watch = watch
         self._patience = longest + 5.0
         self._streams = streams
         self._reads = reads
-        self._commands = commands
-        self._gate = gate
+        #: Sends the wake write (through the command pipeline: the read connection is blocked).
+        self._send_wake = wake
+        #: Runs a read that blocks up to the given seconds, within its timeout.
+        self._timed = timed
         self._task: asyncio.Task[None] | None = None
         self._work = asyncio.Event()
         self._closed = False
@@ -514,11 +519,12 @@ class AsyncioReader:
         self._work.set()
         try:
             if wake:
-                async with self._gate():
-                    await self._wake()
-            # The reader answers by the deadline; well past it, something is wrong.
-            await asyncio.wait_for(asyncio.shield(want.signal), block + self._patience)
-        except asyncio.TimeoutError:
+                await self._send_wake(self._streams)
+            # The reader answers by the deadline; well past it (in time the loop was free
+            # to hear it), something is wrong.
+            limit = block + self._patience
+            await patiently(_answered(want.signal), limit, 2 * limit, self._watch)
+        except redis.exceptions.TimeoutError:
             self._streams.drop(want)
             raise RedisTrouble("the stream reader did not answer") from None
         except BaseException:
@@ -529,13 +535,9 @@ class AsyncioReader:
         assert want.entries is not None
         return want.entries, want.lease
 
-    async def _wake(self) -> None:
-        try:
-            with _trouble():
-                await _wake_pipeline(self._commands, self._streams).execute()
-        except RedisTrouble as trouble:
-            await refresh_slots(self._commands, trouble.__cause__)
-            raise
+    @property
+    def waiting(self) -> int:
+        return self._streams.waiting
 
     async def _run(self) -> None:
         while not self._closed:
@@ -547,7 +549,8 @@ class AsyncioReader:
             failure: BaseException | None = None
             try:
                 with _trouble():
-                    replies = await _cycle_pipeline(self._reads, cycle).execute()
+                    pipe = _cycle_pipeline(self._reads, cycle)
+                    replies = await self._timed(pipe.execute(), cycle.block_ms / 1000)
                 answered = self._streams.settle(cycle, parse_streams(replies[0]), _leases(replies, cycle))
             except RedisTrouble as trouble:
                 failure = trouble.__cause__
