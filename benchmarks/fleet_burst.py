@@ -473,6 +473,11 @@ def main() -> None:
     parser.add_argument("--rows", default="all", help="comma-separated row numbers (0-based), or all")
     parser.add_argument("--pythonpath", help="import httpx_coalesce from here (to measure another version)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the rows without a backend")
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="connect before the burst: the commands and round trips of the protocol alone",
+    )
     args = parser.parse_args()
     if args.worker:
         anyio.run(worker, json.loads(args.worker))
@@ -491,6 +496,7 @@ def main() -> None:
                     callers=callers,
                     streamed=streamed,
                     pythonpath=args.pythonpath,
+                    warm=args.warm,
                 )
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
