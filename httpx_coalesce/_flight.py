@@ -374,10 +374,14 @@ class Flight:
             self.signal.fire()
         return pump_signal
 
-    def append(self, chunk: bytes) -> None:
+    def append(self, chunk: bytes, reader: Seat | None = None) -> None:
+        """A chunk of the live body came; *reader*, the lone reader that pulled it
+        itself, has it already (its position moves past it)."""
         with self.lock:
             replay = self.replay
             replay.append(chunk)
+            if reader is not None:
+                reader.position = replay.end
             self.demand = self.reader_pulls = False
             limit = self.table.limits.max_body_bytes
             if self.joinable and replay.held > limit:
@@ -559,8 +563,13 @@ class Flight:
             self.upstream_response = response
 
     def _release(self) -> None:
-        if self.seats:
-            self.replay.release_before(min(seat.position for seat in self.seats))
+        seats = self.seats
+        if len(seats) == 1:
+            # A lone reader, the usual case past the bound: no walk over the seats.
+            for seat in seats:
+                self.replay.release_before(seat.position)
+        elif seats:
+            self.replay.release_before(min(seat.position for seat in seats))
 
 
 class FlightTable:

@@ -249,7 +249,7 @@ class Replay:
         if drop <= 0:
             return
         drop = min(drop, len(self._chunks))
-        self.held -= sum(len(chunk) for chunk in self._chunks[:drop])
+        self.held -= sum(map(len, self._chunks[:drop]))
         del self._chunks[:drop]
         del self._starts[:drop]
         self._first += drop

@@ -188,7 +188,8 @@ class _AsyncSeatStream(_SeatStream):
             size = replay.size
             data = await flight.wait_async(ready, within, signal if seat.whole else None)
             if isinstance(data, _Pull):
-                await pull_async(flight)
+                if (pulled := await pull_async(flight, seat)) is not None:
+                    yield pulled
                 continue
             if data is None and self._still_coming(size):
                 continue
@@ -219,7 +220,8 @@ class _SyncSeatStream(_SeatStream):
             size = replay.size
             data = flight.wait(ready, within, signal if seat.whole else None)
             if isinstance(data, _Pull):
-                pull_sync(flight)
+                if (pulled := pull_sync(flight, seat)) is not None:
+                    yield pulled
                 continue
             if data is None and self._still_coming(size):
                 continue

@@ -100,13 +100,21 @@ class TrioSignal(AsyncSignal):
 class ThreadSignal(Signal):
     """For threads. ``wait`` must be called with the flight's lock held."""
 
-    __slots__ = ("_condition",)
+    __slots__ = ("_condition", "_waiting")
 
     def __init__(self, lock: threading.Lock) -> None:
         self._condition = threading.Condition(lock)
+        # Counted here (under the lock): Condition.notify_all is Python code that checks
+        # its lock's ownership even with nobody to wake, and a flight fires per chunk.
+        self._waiting = 0
 
     def fire(self) -> None:
-        self._condition.notify_all()
+        if self._waiting:
+            self._condition.notify_all()
 
     def wait(self, timeout: float | None = None) -> None:
-        self._condition.wait(timeout)
+        self._waiting += 1
+        try:
+            self._condition.wait(timeout)
+        finally:
+            self._waiting -= 1

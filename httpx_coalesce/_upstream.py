@@ -34,7 +34,7 @@ from typing import Any
 
 import anyio
 
-from ._flight import Flight
+from ._flight import Flight, Seat
 from ._limits import Limits
 from ._replay import Head
 from ._signal import Signal
@@ -210,10 +210,14 @@ def _pump_sync(
         _close_sync(stream)
 
 
-async def pull_async(flight: Flight) -> None:
+async def pull_async(flight: Flight, seat: Seat) -> bytes | None:
     """Pull the next chunk of *flight*'s live body in the calling task: the lone
-    leader's, told to by ``Flight.next_data`` (PULL). As the pump would, but with no
-    task to wake and be woken by. Raises only the task's own cancellation."""
+    leader's (*seat*), told to by ``Flight.next_data`` (PULL). As the pump would, but
+    with no task to wake and be woken by.
+
+    Returns the chunk, already read by *seat*, or None: the body ended or failed (the
+    reader asks ``next_data`` again). Raises only the task's own cancellation.
+    """
     body: Any = flight.body
     head = flight.head
     assert head is not None
@@ -231,10 +235,12 @@ async def pull_async(flight: Flight) -> None:
             raise
         flight.fail(error)  # the reader raises it at its next read, as alone
     else:
-        flight.append(chunk)
+        flight.append(chunk, seat)
+        return chunk
+    return None
 
 
-def pull_sync(flight: Flight) -> None:
+def pull_sync(flight: Flight, seat: Seat) -> bytes | None:
     """``pull_async`` for threads: pull the next chunk in the lone leader's thread."""
     body: Any = flight.body
     head = flight.head
@@ -249,7 +255,9 @@ def pull_sync(flight: Flight) -> None:
         # Its own thread's KeyboardInterrupt, too: the reader (the leader) raises it next.
         flight.fail(error)
     else:
-        flight.append(chunk)
+        flight.append(chunk, seat)
+        return chunk
+    return None
 
 
 async def _close_async(stream: Any) -> None:
