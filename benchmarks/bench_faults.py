@@ -10,13 +10,18 @@ gate (a streamed answer sends its first event, then waits). Once every caller wa
 redis-server it started (behind a TCP proxy), heals it, and opens the gate. Ideal:
 ``keys`` upstream calls with Redis, ``processes x keys`` without. The faults are the
 issue's: a restart after 0.5 s (nothing persisted), ``CLIENT PAUSE 5000``, every
-connection reset, a 3 s blackhole, eviction of every key of ours under ``maxmemory``.
+connection reset, a 3 s blackhole, eviction of every key of ours under ``maxmemory``;
+and two failovers, each on a topology of its own (the tests' servers): a Redis Cluster
+of 3 masters and 3 replicas (node timeout 1 s) whose master owning a key's slot is
+SIGKILLed, and Sentinel (1 master, 1 replica, 3 sentinels, down-after 1 s) whose master
+is SIGKILLed; the gate opens once the replica is promoted and serves.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -56,6 +61,8 @@ class Upstream:
 
     def __init__(self) -> None:
         self.hits = 0
+        #: Calls by key: the target is at most one extra call per key per fault.
+        self.by_key: Counter[str] = Counter()
         self.gate = threading.Event()
         self.app = Starlette(
             routes=[
@@ -71,12 +78,14 @@ class Upstream:
     async def buffered(self, request: Request) -> Response:
         await request.body()
         self.hits += 1
+        self.by_key[request.path_params["key"]] += 1
         await self._wait()
         return Response(ANSWER, media_type="application/json")
 
     async def sse(self, request: Request) -> StreamingResponse:
         await request.body()
         self.hits += 1
+        self.by_key[request.path_params["key"]] += 1
 
         async def events() -> Any:
             yield EVENTS[0]
@@ -97,7 +106,9 @@ def emit(event: str, **fields: Any) -> None:
 async def worker(config: dict[str, Any]) -> None:
     backend = None
     if config["redis"]:
-        backend = RedisBackend.from_url(config["redis"], prefix=config["prefix"], client_name=config["name"])
+        backend = RedisBackend.from_url(
+            config["redis"], prefix=config["prefix"], client_name=config["name"], cluster=config["cluster"]
+        )
     transport = CoalescingTransport(backend=backend)
     streamed = config["mode"] == "streamed"
     expected = b"".join(EVENTS) if streamed else ANSWER
@@ -181,6 +192,14 @@ def _fault_tools() -> tuple[Any, Any]:
 
 
 class Rig:
+    """A private redis-server behind the tests' fault proxy."""
+
+    cluster = False
+
+    @property
+    def url(self) -> str:
+        return str(self.proxy.url)
+
     def __init__(self) -> None:
         proxy_class, self._server_class = _fault_tools()
         self.server = self._server_class()
@@ -231,26 +250,84 @@ class Rig:
         client.close()
 
 
-FAULTS: dict[str, Callable[[Rig], None] | None] = {
-    "no fault": None,
-    "restart after 0.5 s": Rig.restart,
-    "CLIENT PAUSE 5000": Rig.pause,
-    "connections reset": Rig.reset,
-    "3 s blackhole": Rig.blackhole,
-    "maxmemory eviction": Rig.evict,
+class ClusterRig:
+    """A Redis Cluster of the tests' own (tests/redis/servers.py), for its failover."""
+
+    cluster = True
+
+    def __init__(self) -> None:
+        from tests.redis.servers import Cluster
+
+        self._stack = contextlib.ExitStack()
+        self.topology = self._stack.enter_context(Cluster.start(node_timeout_ms=1000))
+
+    @property
+    def url(self) -> str:
+        return str(self.topology.url)
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def kill_a_master(self) -> None:
+        """SIGKILL the master that owns the slot of the first key led; return once its
+        replica is promoted and every slot is served."""
+        with self.topology.client() as client:
+            lease = next(client.scan_iter(match="bench*lease:*", target_nodes=client.PRIMARIES))
+        self.topology.kill_master_of(lease.decode())
+
+
+class SentinelRig:
+    """Sentinel of the tests' own (tests/redis/servers.py), for its failover."""
+
+    cluster = False
+
+    def __init__(self) -> None:
+        from tests.redis.servers import Sentinel
+
+        self._stack = contextlib.ExitStack()
+        self.topology = self._stack.enter_context(Sentinel.start())
+
+    @property
+    def url(self) -> str:
+        addresses = ",".join(f"{host}:{port}" for host, port in self.topology.addresses)
+        return f"redis+sentinel://{addresses}/{self.topology.service}/0"
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def fail_over(self) -> None:
+        self.topology.master.kill()
+        self.topology.wait_failed_over()
+
+
+AnyRig = Rig | ClusterRig | SentinelRig
+
+#: Each fault: the Redis it needs, and how to inject it (None: no fault).
+FAULTS: dict[str, tuple[Callable[[], AnyRig], Callable[[Any], None] | None]] = {
+    "no fault": (Rig, None),
+    "restart after 0.5 s": (Rig, Rig.restart),
+    "CLIENT PAUSE 5000": (Rig, Rig.pause),
+    "connections reset": (Rig, Rig.reset),
+    "3 s blackhole": (Rig, Rig.blackhole),
+    "maxmemory eviction": (Rig, Rig.evict),
+    "Cluster master killed": (ClusterRig, ClusterRig.kill_a_master),
+    "Sentinel failover": (SentinelRig, SentinelRig.fail_over),
 }
 
 
 def run(fault: str, mode: str, with_redis: bool, args: argparse.Namespace, server_url: str) -> dict[str, Any]:
     upstream_gate.clear()
     before = upstream.hits
-    rig = Rig() if with_redis else None
+    upstream.by_key.clear()
+    make_rig, inject = FAULTS[fault]
+    rig = make_rig() if with_redis else None
     prefix = f"bench{uuid.uuid4().hex[:8]}:"
     processes: list[Process] = []
     started = time.monotonic()
     try:
         config = {
-            "redis": rig.proxy.url if rig else None,
+            "redis": rig.url if rig else None,
+            "cluster": rig.cluster if rig else False,
             "prefix": prefix,
             "name": f"{prefix}worker",
             "url": server_url,
@@ -264,7 +341,6 @@ def run(fault: str, mode: str, with_redis: bool, args: argparse.Namespace, serve
         # Followers in other processes are blocked in Redis by now, or soon: the
         # fault must meet them there, not on their way in.
         time.sleep(0.3)
-        inject = FAULTS[fault]
         if rig is not None and inject is not None:
             inject(rig)
         upstream_gate.set()
@@ -282,6 +358,7 @@ def run(fault: str, mode: str, with_redis: bool, args: argparse.Namespace, serve
         "backend": "redis" if with_redis else "none",
         "callers": len(results),
         "upstream_calls": upstream.hits - before,
+        "most_calls_for_a_key": max(upstream.by_key.values(), default=0),
         "errors": dict(errors),
         "p50_ms": round(statistics.median(elapsed for elapsed, _ in results) * 1000),
         "redis_errors": sum(done["redis_errors"] for done in dones),
@@ -299,9 +376,9 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"{args.processes} processes x {args.callers} callers x {args.keys} keys "
         f"(ideal: {ideal} upstream calls with Redis, {alone} without)",
         "",
-        "| fault | answers | Redis: upstream calls | Redis: errors | Redis: p50 ms "
+        "| fault | answers | Redis: upstream calls | Redis: most for one key | Redis: errors | Redis: p50 ms "
         "| no backend: upstream calls | no backend: errors | no backend: p50 ms |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     by = {(row["fault"], row["mode"], row["backend"]): row for row in rows}
     for fault in FAULTS:
@@ -312,7 +389,8 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
                 return ", ".join(f"{count} {name}" for name, count in row["errors"].items()) or "0"
 
             lines.append(
-                f"| {fault} | {mode} | {fleet['upstream_calls']} | {errors(fleet)} | {fleet['p50_ms']} "
+                f"| {fault} | {mode} | {fleet['upstream_calls']} | {fleet['most_calls_for_a_key']} "
+                f"| {errors(fleet)} | {fleet['p50_ms']} "
                 f"| {none['upstream_calls']} | {errors(none)} | {none['p50_ms']} |"
             )
     return "\n".join(lines)
