@@ -12,6 +12,7 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import orjson
 
@@ -66,7 +67,8 @@ CREDENTIAL_HEADER_PREFIXES: tuple[str, ...] = ("anthropic-", "openai-", "x-api-"
 
 # A number written with 16 digits or more (integer and fraction parts together) may not
 # survive parsing: orjson turns integers past 64 bits into floats, and past 15 digits a
-# double may not tell two writings apart. Such a body is keyed by its bytes. A regular
+# double may not tell two writings apart. Such a body is keyed by its bytes, unless it is
+# orjson's own rendering of what it parsed to (see ``canonical_body``). A regular
 # expression scanning from every digit costs more than the JSON work itself, so a
 # translate (digits and dots become "1") and a substring search, both in C, first tell
 # whether any run is long enough to matter. Runs inside strings match too, harmlessly:
@@ -148,6 +150,13 @@ class KeyRules:
             _raw(parts.content_type),
         )
 
+    def keeps(self, name: bytes) -> bool:
+        """Whether header *name* (lower-case bytes) takes part in the key."""
+        if name in self._ignored:
+            return False
+        prefixes = self._ignored_prefixes
+        return not (prefixes and name.startswith(prefixes) and not _is_credential_name(name))
+
     def key_of(
         self,
         method: str,
@@ -161,17 +170,25 @@ class KeyRules:
     ) -> str:
         """The key from a request's parts as they come: *headers* as raw bytes with
         lower-case names, and the URL's parts normalised (see ``_request``)."""
+        kept = [header for header in headers if self.keeps(header[0])]
+        return self.digest(method, scheme, host, port, target, kept, body, content_type)
+
+    def digest(
+        self,
+        method: str,
+        scheme: str,
+        host: str,
+        port: int | None,
+        target: bytes,
+        kept: list[tuple[bytes, bytes]],
+        body: bytes,
+        content_type: bytes,
+    ) -> str:
+        """The key from parts whose headers are only those that take part (see ``keeps``);
+        *kept* is sorted in place."""
         # This runs for every request that may coalesce: one bytes object, one hash
         # update for it, since each call into the hash or the codec costs more than
         # its bytes.
-        ignored = self._ignored
-        prefixes = self._ignored_prefixes
-        kept = [
-            header
-            for header in headers
-            if header[0] not in ignored
-            and not (prefixes and header[0].startswith(prefixes) and not _is_credential_name(header[0]))
-        ]
         kept.sort(key=_header_name)  # stable: repeated headers keep their order
         digest = hashlib.blake2b(
             b"%s\0%s://%s:%d\0%s\0%s\0%s"
@@ -190,10 +207,18 @@ class KeyRules:
 
     def canonical_body(self, body: bytes, content_type: bytes) -> bytes:
         """The body as it takes part in the key: canonical JSON where it is JSON."""
-        if not body or b"json" not in content_type.lower() or _has_long_number(body):
+        if not body or b"json" not in content_type.lower():
             return b"B" + body
         try:
             document = orjson.loads(body)
+            # A body that is orjson's own rendering of what it parsed to lost nothing on
+            # the way: no member dropped as a duplicate, no number changed by parsing.
+            # httpx's json= writes bodies so (compact, in their order), and so do the SDKs
+            # built on it; it spares them the two scans below, which cost more than the
+            # parse and both renderings together. Any other body is scanned.
+            exact = orjson.dumps(document) == body
+            if not exact and _has_long_number(body):
+                return b"B" + body
             dropped = b""
             if self.ignore_json_fields and isinstance(document, dict):
                 left_out = {k: v for k, v in document.items() if k in self.ignore_json_fields}
@@ -205,7 +230,7 @@ class KeyRules:
             canonical = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
         except (orjson.JSONDecodeError, orjson.JSONEncodeError, TypeError, RecursionError):
             return b"B" + body
-        if _has_duplicate_keys(body, canonical.count(b":") + dropped.count(b":")):
+        if not exact and _has_duplicate_keys(body, canonical.count(b":") + dropped.count(b":")):
             return b"B" + body
         return b"J" + canonical
 
@@ -236,8 +261,8 @@ def _has_duplicate_keys(body: bytes, canonical_colons: int) -> bool:
     return colons != canonical_colons
 
 
-def _header_name(header: tuple[bytes, bytes]) -> bytes:
-    return header[0]
+#: A header's name: what the key sorts headers by (in C, not a Python call per header).
+_header_name = itemgetter(0)
 
 
 def _header_lines(headers: list[tuple[bytes, bytes]]) -> bytes:

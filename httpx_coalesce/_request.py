@@ -6,12 +6,14 @@ the inner transport as the caller made it (see ``body_in_memory``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ._key import RequestParts
 
 __all__ = [
     "OPT_OUT_VALUES",
+    "HeaderRoles",
     "Inspection",
     "body_in_memory",
     "inspect",
@@ -25,44 +27,116 @@ OPT_OUT_VALUES = frozenset({"off", "false", "0", "no", "skip", "bypass"})
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
+# What a header is to the transport (a bit set): it takes part in the key, it is the
+# opt-out header, or one the inspection reads.
+_KEY = 1
+_OPT_OUT = 2
+_CONTENT_TYPE = 4
+_HOST = 8
+_UPGRADE = 16
+
+#: Spellings of header names learnt per transport at most; past it, the roles are
+#: learnt again (a client sending made-up names cannot grow memory without end).
+MAX_LEARNT_NAMES = 1024
+
+
+class HeaderRoles:
+    """Each header name as requests spell it, lower-cased, with its role, learnt once.
+
+    A client sends the same few spellings (``Content-Type``, ``Accept``...) with every
+    request: one dict look-up per header replaces lower-casing it and testing it
+    against the opt-out header, the headers read here and the key's ignore rules.
+    """
+
+    __slots__ = ("_in_key", "_learnt", "_opt_out", "opt_out_header")
+
+    def __init__(self, opt_out_header: str, in_key: Callable[[bytes], bool] | None = None) -> None:
+        #: The opt-out header's name, lower-case.
+        self.opt_out_header = opt_out_header
+        self._opt_out = opt_out_header.encode("latin-1")
+        #: Which headers the default key takes (None: every header, for a key function
+        #: of the user's, which sees them all).
+        self._in_key = in_key
+        self._learnt: dict[bytes, tuple[bytes, int]] = {}
+
+    @property
+    def filters(self) -> bool:
+        """Whether inspections leave out the headers the key ignores."""
+        return self._in_key is not None
+
+    def of(self, raw_name: bytes) -> tuple[bytes, int]:
+        known = self._learnt.get(raw_name)
+        if known is None:
+            known = self._learn(raw_name)
+        return known
+
+    def _learn(self, raw_name: bytes) -> tuple[bytes, int]:
+        name = raw_name.lower()
+        if name == self._opt_out:
+            role = _OPT_OUT
+        else:
+            role = _KEY if self._in_key is None or self._in_key(name) else 0
+            if name == b"content-type":
+                role |= _CONTENT_TYPE
+            elif name == b"host":
+                role |= _HOST
+            elif name == b"upgrade":
+                role |= _UPGRADE
+        learnt = self._learnt
+        if len(learnt) >= MAX_LEARNT_NAMES:
+            learnt.clear()
+        known = learnt[raw_name] = (name, role)
+        return known
+
+
 class Inspection:
     """What one pass over a request's headers tells: may it coalesce, and its key's headers
-    (raw bytes, names lower-cased)."""
+    (raw bytes, names lower-cased; only those the key takes if ``filtered``)."""
 
-    __slots__ = ("content_type", "headers", "reason")
+    __slots__ = ("content_type", "filtered", "headers", "reason")
 
-    def __init__(self, reason: str | None, headers: list[tuple[bytes, bytes]], content_type: bytes) -> None:
+    def __init__(
+        self, reason: str | None, headers: list[tuple[bytes, bytes]], content_type: bytes, filtered: bool
+    ) -> None:
         self.reason = reason
         self.headers = headers
         self.content_type = content_type
+        self.filtered = filtered
 
 
-def inspect(request: Any, methods: frozenset[str], opt_out_header: str) -> Inspection:
+def inspect(request: Any, methods: frozenset[str], roles: HeaderRoles) -> Inspection:
     """Read the headers once (httpx's Headers API rescans them on every lookup).
 
     Strips the opt-out header: it is ours, not the server's, and never goes upstream.
     Works on the raw bytes: decoding every header of every request costs more than
     everything else done with them here.
     """
-    opt_out_name = opt_out_header.encode("latin-1")
     headers: list[tuple[bytes, bytes]] = []
     opt_out: bytes | None = None
     upgrade = False
     content_type = b""
+    learnt = roles._learnt
     for raw_name, value in request.headers.raw:
-        name = raw_name.lower()
-        if name == opt_out_name:
+        known = learnt.get(raw_name)
+        name, role = roles._learn(raw_name) if known is None else known
+        if role == _KEY:  # the usual header: nothing to look at
+            headers.append((name, value))
+            continue
+        if not role:  # one the key ignores
+            continue
+        if role & _OPT_OUT:
             opt_out = value
             continue
-        if name == b"content-type":
+        if role & _CONTENT_TYPE:
             content_type = value
-        elif name == b"host":
+        elif role & _HOST:
             value = _host(value, request.url.scheme)
-        elif name == b"upgrade":
+        elif role & _UPGRADE:
             upgrade = True
-        headers.append((name, value))
+        if role & _KEY:
+            headers.append((name, value))
     if opt_out is not None:
-        del request.headers[opt_out_header]
+        del request.headers[roles.opt_out_header]
     method = request.method
     reason = None
     if (
@@ -73,7 +147,7 @@ def inspect(request: Any, methods: frozenset[str], opt_out_header: str) -> Inspe
         reason = "upgrade"
     elif method not in methods:
         reason = "method"
-    return Inspection(reason, headers, content_type)
+    return Inspection(reason, headers, content_type, roles.filters)
 
 
 def url_parts(request: Any) -> tuple[str, str, int | None, bytes]:

@@ -114,10 +114,14 @@ class Counters:
         reason: str | None = None,
         flight_id: str | None = None,
         callers: int = 0,
+        coalesced: bool = False,
     ) -> None:
-        """A request has its outcome (once per request, in its caller's context)."""
+        """A request has its outcome (once per request, in its caller's context);
+        *coalesced*: it is answered with a response it did not lead (one lock for both)."""
         with self._lock:
             self._counts["requests"] += 1
+            if coalesced:
+                self._counts["coalesced"] += 1
             if reason is not None:
                 self._bypassed[reason] += 1
             elif outcome == WINDOW:

@@ -21,7 +21,7 @@ from ._key import DEFAULT_IGNORED_HEADERS, KeyFunction, KeyRules, is_credential
 from ._library import Library, library_of
 from ._limits import Limits
 from ._replay import Head
-from ._request import Inspection, body_in_memory, inspect, request_parts, url_parts
+from ._request import HeaderRoles, Inspection, body_in_memory, inspect, request_parts, url_parts
 from ._response import CoalesceInfo, build_body_response, build_response, caller_error
 from ._signal import ThreadSignal
 from ._stats import BYPASSED, JOINED, LED, WINDOW, CoalesceStats, Counters
@@ -118,7 +118,8 @@ class CoalescingTransport(_Bases):
         self._rules = KeyRules(ignored_headers, ignored_fields)
         self._key_function = key
         self._limits = checked_limits
-        self._opt_out_header = opt_out_name
+        # The default key's ignore rules are applied as the headers are read.
+        self._header_roles = HeaderRoles(opt_out_name, self._rules.keeps if key is None else None)
         self._window = Window(seconds, self._limits.window_entries, self._limits.window_bytes)
         self._counters = Counters()
         # Metrics through *provider*, else the global MeterProvider (see _telemetry).
@@ -268,9 +269,7 @@ class CoalescingTransport(_Bases):
     ) -> Any:
         """What a caller does with its flight's outcome: answer, raise, retry or go alone."""
         if isinstance(outcome, Head):
-            _count_seated(self._counters, seat, request)
-            if not seat.leader:
-                self._counters.add("coalesced")
+            _count_seated(self._counters, seat, request, coalesced=not seat.leader)
             return build_response(library, seat, outcome, request, is_async)
         seat.leave()
         if outcome is None:
@@ -380,7 +379,7 @@ class CoalescingTransport(_Bases):
 
     def _key_of(self, request: Any) -> str | None:
         """The request's key, or None (counted as bypassed) if it must pass through."""
-        inspection = inspect(request, self._methods, self._opt_out_header)
+        inspection = inspect(request, self._methods, self._header_roles)
         reason = inspection.reason
         if reason is None:
             body = body_in_memory(request)
@@ -398,7 +397,8 @@ class CoalescingTransport(_Bases):
     def _key(self, request: Any, inspection: Inspection, body: bytes) -> str:
         if self._key_function is None:
             scheme, host, port, target = url_parts(request)
-            return self._rules.key_of(
+            make = self._rules.digest if inspection.filtered else self._rules.key_of
+            return make(
                 request.method, scheme, host, port, target, inspection.headers, body, inspection.content_type
             )
         parts = request_parts(request, inspection, body)
@@ -571,10 +571,16 @@ _ATTEMPTS = (1, 2)
 _TIMEOUTS = frozenset({"ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout"})
 
 
-def _count_seated(counters: Counters, seat: Seat, request: Any) -> None:
+def _count_seated(counters: Counters, seat: Seat, request: Any, coalesced: bool = False) -> None:
     """A caller that held a seat has its outcome: it led the flight, or joined it."""
     flight = seat.flight
-    counters.request(LED if seat.leader else JOINED, request, flight_id=flight.id, callers=flight.joined)
+    counters.request(
+        LED if seat.leader else JOINED,
+        request,
+        flight_id=flight.id,
+        callers=flight.joined,
+        coalesced=coalesced,
+    )
 
 
 def _is_timeout(error: BaseException) -> bool:
@@ -591,7 +597,8 @@ def _head_budget(seat: Seat, request: Any) -> float | None:
     timeout = request.extensions.get("timeout")
     if not timeout:
         return None
-    parts = [timeout.get(name) for name in ("pool", "connect", "write", "read")]
-    if any(part is None for part in parts):
+    get = timeout.get
+    pool, connect, write, read = get("pool"), get("connect"), get("write"), get("read")
+    if pool is None or connect is None or write is None or read is None:
         return None
-    return float(sum(parts))
+    return float(pool + connect + write + read)
