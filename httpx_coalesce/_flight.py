@@ -454,8 +454,9 @@ class Flight:
             self._take(head, chunks, response)
             self.replay.complete = True
             self._end(State.DONE)
-        self._ended()
-        self.table.finished(self)
+        if self.joined > 1:  # a flight of one is not recorded (see Counters.flight_ended)
+            self._ended()
+        self.table.on_finish(self)
 
     def take_upstream_response(self) -> object:
         """The upstream Response object, once: the leader's caller gets it as its own."""
@@ -588,7 +589,8 @@ class FlightTable:
         self.counters = counters
         self.flights: dict[str, Flight] = {}
         self.make_signal = make_signal
-        self._on_finish = on_finish
+        #: Called once a flight's body is complete, outside its lock.
+        self.on_finish = on_finish
         #: Runs a chore where this table's callers live (their event loop, or the
         #: janitor thread), from any thread, without blocking.
         self._run_soon = run_soon
@@ -626,9 +628,6 @@ class FlightTable:
         """Take *flight* out of the table (lock held), if it is still the one there."""
         if self.flights.get(flight.key) is flight:
             del self.flights[flight.key]
-
-    def finished(self, flight: Flight) -> None:
-        self._on_finish(flight)
 
     def load(self) -> tuple[int, int]:
         with self.lock:

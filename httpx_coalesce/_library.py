@@ -50,7 +50,7 @@ class Library:
         Clients and transports check streams with isinstance against their own
         library's classes, so a stream of ours must be one of theirs too.
         """
-        key = (self.name, ours, is_async)
+        key = (self.module.__name__, ours, is_async)  # once per response: no property call
         cls = _stream_classes.get(key)
         if cls is None:
             base = self.AsyncByteStream if is_async else self.SyncByteStream

@@ -303,7 +303,7 @@ def _stream_of(library: Library, seat: Seat, request: Any, is_async: bool) -> An
     if body is not None:
         # The body is all here (the usual case: a buffered response): the caller needs
         # no seat to read it, only the one shared bytes object.
-        seat.leave()
+        flight.leave(seat)
         return library.stream_class(_BodyStream, is_async)(body)
     cls = library.stream_class(_AsyncSeatStream if is_async else _SyncSeatStream, is_async)
     return cls(seat, request, library)

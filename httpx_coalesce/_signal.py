@@ -10,6 +10,7 @@ path. On asyncio a deadline is one ``call_later`` timer; on trio, trio's own sco
 from __future__ import annotations
 
 import asyncio
+import heapq
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -36,12 +37,26 @@ class AsyncSignal(Signal):
 
 
 class AsyncioSignal(AsyncSignal):
-    __slots__ = ("_loop", "_waiters")
+    """Waiters of one event loop, and their deadlines with one timer for all of them.
+
+    A flight's followers wait with deadlines of their own (once for the head, once per
+    chunk): a timer each (a ``TimerHandle``, a push on the loop's heap ordered by a
+    Python ``__lt__``, a cancellation the loop cleans up later) cost a follower more than
+    the rest of its wait. Here the deadlines are a heap of plain tuples, and only the
+    earliest has a timer; a firing wakes everyone and drops them all.
+    """
+
+    __slots__ = ("_deadlines", "_loop", "_timer", "_timer_when", "_waiters")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         # Created on first wait: a flight whose callers never wait allocates nothing.
         self._waiters: list[asyncio.Future[None]] | None = None
+        #: (deadline, tie-breaker, waiter), earliest first; waiters already woken stay
+        #: until a firing or their deadline drops them.
+        self._deadlines: list[tuple[float, int, asyncio.Future[None]]] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
 
     def fire(self) -> None:
         waiters = self._waiters
@@ -50,26 +65,50 @@ class AsyncioSignal(AsyncSignal):
             for waiter in waiters:
                 if not waiter.done():  # a cancelled waiter is done
                     waiter.set_result(None)
+        if self._deadlines is not None:
+            self._deadlines = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
     async def wait(self, within: float | None = None) -> None:
-        waiter = self._loop.create_future()
+        loop = self._loop
+        waiter = loop.create_future()
         if self._waiters is None:
             self._waiters = [waiter]
         else:
             self._waiters.append(waiter)
-        if within is None:
-            await waiter
+        if within is not None:
+            when = loop.time() + within
+            deadlines = self._deadlines
+            if deadlines is None:
+                deadlines = self._deadlines = []
+            heapq.heappush(deadlines, (when, id(waiter), waiter))
+            if self._timer is None or when < self._timer_when:
+                self._arm(when)
+        await waiter
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._expire)
+        self._timer_when = when
+
+    def _expire(self) -> None:
+        """The earliest deadline has come: wake whoever's has, and wait for the next."""
+        self._timer = None
+        deadlines = self._deadlines
+        if not deadlines:
             return
-        timer = self._loop.call_later(within, _wake, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+        now = self._loop.time()
+        while deadlines and deadlines[0][0] <= now:
+            waiter = heapq.heappop(deadlines)[2]
+            if not waiter.done():
+                waiter.set_result(None)
+        while deadlines and deadlines[0][2].done():
+            heapq.heappop(deadlines)  # woken or cancelled already: no timer for it
+        if deadlines:
+            self._arm(deadlines[0][0])
 
 
 class TrioSignal(AsyncSignal):

@@ -222,7 +222,8 @@ class CoalescingTransport(_Bases):
             if not isinstance(entered, Seat):
                 return entered  # a response from the window, or _PASS_THROUGH
             try:
-                outcome = yield entered, _head_budget(entered, request)
+                # The leader needs no deadline of its own: the upstream call runs under its timeouts.
+                outcome = yield entered, None if entered.leader else _head_budget(request)
             except BaseException:
                 entered.leave()
                 _count_seated(self._counters, entered, request)
@@ -245,7 +246,7 @@ class CoalescingTransport(_Bases):
         self, table: FlightTable, key: str, request: Any, library: Library, attempt: int, is_async: bool
     ) -> Any:
         """A seat in the flight of *key*, a response from the window, or _PassThrough."""
-        if attempt == 1:
+        if attempt == 1 and self._window.seconds > 0:  # no window: no look-up
             served = self._from_window(key, request, library, is_async)
             if served is not None:
                 return served
@@ -525,12 +526,12 @@ class CoalescingTransport(_Bases):
     def _finished(self, flight: Flight) -> None:
         """A flight's body is complete: count what sharing saved, keep it for the window."""
         head = flight.head
-        if head is None:
-            return
-        replay = flight.replay
         # Calls not made: one per follower, and the leader's own when another process
         # answered it (a fleet leader, or the fleet window).
         saved = flight.joined - 1 + flight.answered_elsewhere
+        if head is None or (saved <= 0 and self._window.seconds <= 0):
+            return  # nothing shared, nothing kept: the path that does not coalesce
+        replay = flight.replay
         window = replay.whole and self._window.seconds > 0 and shareable_later(head)
         if saved <= 0 and not window:
             return
@@ -587,13 +588,8 @@ def _is_timeout(error: BaseException) -> bool:
     return type(error).__name__ in _TIMEOUTS
 
 
-def _head_budget(seat: Seat, request: Any) -> float | None:
-    """How long a follower may wait for the head: what its request alone could have taken.
-
-    The leader needs no deadline of its own: the upstream call runs under its timeouts.
-    """
-    if seat.leader:
-        return None
+def _head_budget(request: Any) -> float | None:
+    """How long a follower may wait for the head: what its request alone could have taken."""
     timeout = request.extensions.get("timeout")
     if not timeout:
         return None
