@@ -185,8 +185,16 @@ COMMANDS = 16
 #: only overlap the round trips, and each is one more connection to open in a burst.
 PIPELINES = 4
 
-#: Calls one pipeline carries at most.
-BATCH = 512
+#: Calls one pipeline carries at most: about what Redis reads from one connection in one
+#: turn of its event loop (16 KB; an election is some 300 bytes). Redis takes up to 16 KB
+#: from every connection with something to read in each turn and answers it at the end
+#: of the turn, so a pipeline this long is answered in the turn that reads it, after
+#: what every other connection sent meanwhile: at most processes x ``PIPELINES`` x
+#: ``BATCH`` calls. A longer one is answered only after the turns that read all of it,
+#: each taking 16 KB from every other connection too: a fleet's first pipelines were then
+#: answered only once Redis had been through the whole fleet's burst (8 x 4 x 512 calls:
+#: over a second), and a process that sent last heard nothing within its timeout.
+BATCH = 32
 
 
 def _cluster(client: Any) -> bool:
@@ -482,7 +490,15 @@ class AsyncioOps:
                         replies = await self._timed(self._pipelined(batch))
                 self._answered()
             except RedisTrouble as trouble:
-                for call in batch:
+                failed = batch
+                if isinstance(trouble.__cause__, redis.exceptions.TimeoutError):
+                    # Redis said nothing for a whole timeout: what queued behind this
+                    # pipeline would go to the same silent Redis, a timeout per pipeline
+                    # (a burst of thousands, dozens in a row). It fails now, as a flight
+                    # that comes after would skip Redis (the backend's breaker).
+                    failed = [*batch, *self._queue]
+                    self._queue = []
+                for call in failed:
                     _fail(call.future, trouble)
             else:
                 for call, reply in zip(batch, replies, strict=True):
