@@ -30,6 +30,7 @@ from ..support.redis_server import RedisServer
 from ..upstream import Upstream
 from .conftest import StartRedis, Worker, blocked_readers
 from .faults import FaultProxy, restart
+from .members import Outcome, lead_and_follow, streaming
 from .test_fleet import PATIENCE, MakeWorker, bodies, joined, total
 from .test_fleet import config as fleet_config
 
@@ -46,10 +47,16 @@ class Rig:
     server: RedisServer
     proxy: FaultProxy
     start: StartRedis
+    #: Looks at the clients before the fault, straight to Redis (not through the proxy).
+    watcher: redis.Redis
 
     def client(self) -> redis.Redis:
         """A client of the test's own, straight to Redis (not through the proxy)."""
         return redis.Redis.from_url(self.server.url, socket_timeout=5)
+
+    def following(self, name: str) -> bool:
+        """Whether the transport whose backend is *name* is blocked reading a leader's stream."""
+        return blocked_readers(self.watcher, name) == 1
 
     def leases(self) -> list[bytes]:
         client = self.client()
@@ -64,7 +71,9 @@ class Rig:
 def rig(redis_server: StartRedis) -> Iterator[Rig]:
     server = redis_server()
     proxy = FaultProxy(server.port)
-    yield Rig(server, proxy, redis_server)
+    rig = Rig(server, proxy, redis_server, redis.Redis.from_url(server.url, socket_timeout=5))
+    yield rig
+    rig.watcher.close()
     proxy.close()
 
 
@@ -139,36 +148,26 @@ async def test_streaming_follower_that_handed_out_bytes_resumes_after_a_redis_fa
     leader = make_transport(backend=backend(rig, "leader"))
     follower = make_transport(backend=backend(rig, "follower"))
     upstream.hold()
-    outcomes: dict[str, tuple[bytes, str | None]] = {}
-    async with (
-        httpx.AsyncClient(transport=leader, base_url=base_url) as first,
-        httpx.AsyncClient(transport=follower, base_url=base_url) as second,
-    ):
+    outcomes: dict[str, Outcome] = {}
 
-        async def call(name: str, client: httpx.AsyncClient) -> None:
-            received = b""
-            try:
-                async with client.stream("GET", "/sse?events=3&hold=1") as response:
-                    async for chunk in response.aiter_raw():
-                        received += chunk
-                outcomes[name] = (received, None)
-            except httpx.HTTPError as error:
-                outcomes[name] = (received, f"{type(error).__name__}: {error}")
+    async def blip() -> None:
+        [token] = rig.leases()
+        await FAULTS[fault](rig)
+        # The leader holds its lease again (taken back if Redis lost it), with its
+        # own token: nobody else leads the key.
+        await until(lambda: rig.leases() == [token], timeout=10)
 
-        async with anyio.create_task_group() as group:
-            group.start_soon(call, "leader", first)
-            await until(upstream.holding.is_set)
-            group.start_soon(call, "follower", second)
-            # The follower handed out the head and the first event, and waits for more.
-            watcher = rig.client()
-            await until(lambda: blocked_readers(watcher, "follower") == 1)
-            watcher.close()
-            [token] = rig.leases()
-            await FAULTS[fault](rig)
-            # The leader holds its lease again (taken back if Redis lost it), with its
-            # own token: nobody else leads the key.
-            await until(lambda: rig.leases() == [token], timeout=10)
-            upstream.gate.set()
+    await lead_and_follow(
+        leader,
+        follower,
+        base_url,
+        streaming("/sse?events=3&hold=1", outcomes),
+        arrived=upstream.holding.is_set,
+        # The follower handed out the head and the first event, and waits for more.
+        following=lambda: rig.following("follower"),
+        release=upstream.gate.set,
+        meanwhile=blip,
+    )
 
     leader_body, leader_error = outcomes["leader"]
     assert leader_error is None
@@ -187,25 +186,22 @@ async def test_buffered_follower_gets_the_leaders_answer_after_a_redis_fault(
     follower = make_transport(backend=backend(rig, "follower"))
     upstream.hold()
     bodies: dict[str, bytes] = {}
-    async with (
-        httpx.AsyncClient(transport=leader, base_url=base_url) as first,
-        httpx.AsyncClient(transport=follower, base_url=base_url) as second,
-    ):
 
-        async def call(name: str, client: httpx.AsyncClient) -> None:
-            response = await client.post("/echo", json={"q": "blip"})
-            assert response.status_code == 200
-            bodies[name] = response.content
+    async def call(name: str, client: httpx.AsyncClient) -> None:
+        response = await client.post("/echo", json={"q": "blip"})
+        assert response.status_code == 200
+        bodies[name] = response.content
 
-        async with anyio.create_task_group() as group:
-            group.start_soon(call, "leader", first)
-            await until(lambda: upstream.hits["/echo"] == 1)
-            group.start_soon(call, "follower", second)
-            watcher = rig.client()
-            await until(lambda: blocked_readers(watcher, "follower") == 1)
-            watcher.close()
-            await FAULTS[fault](rig)
-            upstream.gate.set()
+    await lead_and_follow(
+        leader,
+        follower,
+        base_url,
+        call,
+        arrived=lambda: upstream.hits["/echo"] == 1,
+        following=lambda: rig.following("follower"),
+        release=upstream.gate.set,
+        meanwhile=lambda: FAULTS[fault](rig),
+    )
 
     assert bodies["follower"] == bodies["leader"]
     assert upstream.hits["/echo"] == 1
@@ -222,40 +218,32 @@ async def test_leader_that_finished_while_redis_was_away_publishes_the_rest_once
     leader = make_transport(backend=backend(rig, "leader"))
     follower = make_transport(backend=backend(rig, "follower"))
     upstream.hold()
-    outcomes: dict[str, tuple[bytes, str | None]] = {}
-    async with (
-        httpx.AsyncClient(transport=leader, base_url=base_url) as first,
-        httpx.AsyncClient(transport=follower, base_url=base_url) as second,
-    ):
+    outcomes: dict[str, Outcome] = {}
 
-        async def call(name: str, client: httpx.AsyncClient) -> None:
-            received = b""
-            try:
-                async with client.stream("GET", "/sse?events=3&hold=1") as response:
-                    async for chunk in response.aiter_raw():
-                        received += chunk
-                outcomes[name] = (received, None)
-            except httpx.HTTPError as error:
-                outcomes[name] = (received, f"{type(error).__name__}: {error}")
+    async def leader_finishes_during_the_fault() -> None:
+        if fault == "restart":
+            rig.server.kill()
+            rig.proxy.reset()
+        else:
+            rig.proxy.blackhole()
+        upstream.gate.set()
+        await until(lambda: "leader" in outcomes)
+        if fault == "restart":
+            rig.server = rig.start(rig.server.port)
+        else:
+            rig.proxy.heal()
 
-        async with anyio.create_task_group() as group:
-            group.start_soon(call, "leader", first)
-            await until(upstream.holding.is_set)
-            group.start_soon(call, "follower", second)
-            watcher = rig.client()
-            await until(lambda: blocked_readers(watcher, "follower") == 1)
-            watcher.close()
-            if fault == "restart":
-                rig.server.kill()
-                rig.proxy.reset()
-            else:
-                rig.proxy.blackhole()
-            upstream.gate.set()
-            await until(lambda: "leader" in outcomes)
-            if fault == "restart":
-                rig.server = rig.start(rig.server.port)
-            else:
-                rig.proxy.heal()
+    await lead_and_follow(
+        leader,
+        follower,
+        base_url,
+        streaming("/sse?events=3&hold=1", outcomes),
+        arrived=upstream.holding.is_set,
+        following=lambda: rig.following("follower"),
+        # Already open: the leader's caller finished while Redis was away.
+        release=upstream.gate.set,
+        meanwhile=leader_finishes_during_the_fault,
+    )
 
     leader_body, leader_error = outcomes["leader"]
     assert leader_error is None
@@ -270,7 +258,7 @@ def test_sync_streaming_follower_resumes_after_redis_restarts(
     leader = make_transport(backend=backend(rig, "leader"))
     follower = make_transport(backend=backend(rig, "follower"))
     upstream.hold()
-    outcomes: dict[str, tuple[bytes, str | None]] = {}
+    outcomes: dict[str, Outcome] = {}
 
     def call(name: str, transport: CoalescingTransport) -> None:
         received = b""
@@ -290,9 +278,7 @@ def test_sync_streaming_follower_resumes_after_redis_restarts(
     until_sync(upstream.holding.is_set)
     threads.append(threading.Thread(target=call, args=("follower", follower)))
     threads[1].start()
-    watcher = rig.client()
-    until_sync(lambda: blocked_readers(watcher, "follower") == 1)
-    watcher.close()
+    until_sync(lambda: rig.following("follower"))
     [token] = rig.leases()
     rig.proxy.reset()
     rig.server = restart(rig.server, rig.start)
@@ -338,14 +324,12 @@ def test_a_fleet_of_processes_rides_out_a_redis_fault_with_one_upstream_call(
     until_sync(lambda: upstream.total == 1, PATIENCE)
     others = [start(kind) for kind in KINDS[1:]]
     workers = [leader, *others]
-    watcher = rig.client()
 
     def ready() -> bool:
         waiting = all(w.has("first") for w in workers) if streamed else joined(workers)
-        return waiting and blocked_readers(watcher, "blip:fleet") == len(others)
+        return waiting and blocked_readers(rig.watcher, "blip:fleet") == len(others)
 
     until_sync(ready, PATIENCE)
-    watcher.close()
     [token] = rig.leases()
     if fault == "restart":
         rig.proxy.reset()

@@ -15,13 +15,12 @@ import redis
 
 from httpx_coalesce import CoalescingTransport
 from httpx_coalesce.redis import RedisBackend
-from httpx_coalesce.redis._names import FlightKeys
 
 from ..conftest import until
 from ..support.redis_server import closed_port_url
 from ..upstream import Upstream
 from .conftest import StartRedis, blocked_readers
-from .test_backend import backend, request_key
+from .members import Outcome, backend, finished_round, get_past_a_planted_lease, lead_and_follow, streaming
 
 pytestmark = pytest.mark.anyio
 
@@ -148,16 +147,13 @@ async def test_a_lease_no_leader_of_ours_wrote_fails_open(
     redis_client: redis.Redis,
     make_transport: MakeTransport,
 ) -> None:
-    async with httpx.AsyncClient(transport=make_transport(backend=backend(redis_url, prefix, "a"))) as client:
-        await client.get(f"{base_url}/echo")
-    key, _ = request_key(redis_client, prefix)
-    redis_client.set(FlightKeys(prefix, key).lease, "not a token", px=60_000)
+    url = f"{base_url}/echo"
+    keys, _ = await finished_round(
+        make_transport(backend=backend(redis_url, prefix, "a")), url, redis_client, prefix
+    )
+    redis_client.set(keys.lease, "not a token", px=60_000)
     transport = make_transport(backend=backend(redis_url, prefix, "b"))
-    try:
-        async with httpx.AsyncClient(transport=transport) as client:
-            assert (await client.get(f"{base_url}/echo")).status_code == 200
-    finally:
-        redis_client.delete(FlightKeys(prefix, key).lease)
+    assert (await get_past_a_planted_lease(transport, url, keys, redis_client)).status_code == 200
     assert (transport.stats().upstream_calls, transport.stats().redis_errors) == (1, 1)
 
 
@@ -170,19 +166,16 @@ async def test_a_stream_no_leader_of_ours_wrote_fails_open(
     redis_client: redis.Redis,
     make_transport: MakeTransport,
 ) -> None:
-    async with httpx.AsyncClient(transport=make_transport(backend=backend(redis_url, prefix, "a"))) as client:
-        await client.get(f"{base_url}/echo")
-    key, _ = request_key(redis_client, prefix)
+    url = f"{base_url}/echo"
+    keys, _ = await finished_round(
+        make_transport(backend=backend(redis_url, prefix, "a")), url, redis_client, prefix
+    )
     token = "fedcba9876543210"
-    redis_client.set(FlightKeys(prefix, key).lease, token, px=60_000)
-    redis_client.xadd(FlightKeys(prefix, key).stream(token), {"t": "c", "d": "a body without a head"})
-    redis_client.pexpire(FlightKeys(prefix, key).stream(token), 30_000)
+    redis_client.set(keys.lease, token, px=60_000)
+    redis_client.xadd(keys.stream(token), {"t": "c", "d": "a body without a head"})
+    redis_client.pexpire(keys.stream(token), 30_000)
     transport = make_transport(backend=backend(redis_url, prefix, "b"))
-    try:
-        async with httpx.AsyncClient(transport=transport) as client:
-            assert (await client.get(f"{base_url}/echo")).status_code == 200
-    finally:
-        redis_client.delete(FlightKeys(prefix, key).lease)
+    assert (await get_past_a_planted_lease(transport, url, keys, redis_client)).status_code == 200
     assert (transport.stats().upstream_calls, transport.stats().redis_errors) == (1, 1)
 
 
@@ -198,34 +191,29 @@ async def test_streaming_follower_gets_a_read_error_once_redis_stays_down_longer
     leader = make_transport(backend=RedisBackend.from_url(server.url, client_name="leader", **options))
     follower = make_transport(backend=RedisBackend.from_url(server.url, client_name="follower", **options))
     upstream.hold()
-    outcomes: dict[str, tuple[bytes, str | None]] = {}
-    async with (
-        httpx.AsyncClient(transport=leader, base_url=base_url) as first,
-        httpx.AsyncClient(transport=follower, base_url=base_url) as second,
-    ):
+    outcomes: dict[str, Outcome] = {}
 
-        async def call(name: str, client: httpx.AsyncClient) -> None:
-            received = b""
-            try:
-                async with client.stream("GET", "/sse?events=3&hold=1") as response:
-                    async for chunk in response.aiter_raw():
-                        received += chunk
-                outcomes[name] = (received, None)
-            except httpx.ReadError as error:
-                outcomes[name] = (received, type(error).__name__)
+    async def redis_stays_down() -> None:
+        redis_client.close()
+        server.kill()
+        await until(lambda: "follower" in outcomes, timeout=20)
 
-        async with anyio.create_task_group() as group:
-            group.start_soon(call, "leader", first)
-            await until(upstream.holding.is_set)
-            group.start_soon(call, "follower", second)
-            # The follower handed out the head and the first event, then waits for more.
-            await until(lambda: blocked_readers(redis_client, "follower") == 1)
-            redis_client.close()
-            server.kill()
-            await until(lambda: "follower" in outcomes, timeout=20)
-            upstream.gate.set()
+    await lead_and_follow(
+        leader,
+        follower,
+        base_url,
+        streaming("/sse?events=3&hold=1", outcomes, httpx.ReadError),
+        arrived=upstream.holding.is_set,
+        # The follower handed out the head and the first event, then waits for more.
+        following=lambda: blocked_readers(redis_client, "follower") == 1,
+        release=upstream.gate.set,
+        meanwhile=redis_stays_down,
+    )
 
-    assert outcomes["follower"] == (b'data: {"n":0}\n\n', "ReadError")
+    follower_body, follower_error = outcomes["follower"]
+    assert follower_body == b'data: {"n":0}\n\n'
+    assert follower_error is not None
+    assert follower_error.startswith("ReadError: lost the shared response: Redis failed")
     leader_body, leader_error = outcomes["leader"]
     assert leader_error is None
     assert leader_body.endswith(b"data: [DONE]\n\n")

@@ -27,6 +27,7 @@ from ..support.redis_server import RedisServer
 from ..upstream import Upstream
 from .conftest import StartRedis, blocked_readers
 from .faults import FaultProxy
+from .members import Outcome, read_stream
 
 MakeTransport = Callable[..., CoalescingTransport]
 
@@ -70,7 +71,7 @@ async def test_followers_of_a_leader_whose_lease_another_process_took_during_a_b
     follower = make_transport(backend=RedisBackend.from_url(proxy.url, client_name="follower", lease=LEASE))
     newcomer = make_transport(backend=RedisBackend.from_url(server.url, client_name="newcomer", lease=LEASE))
     upstream.hold()
-    outcomes: dict[str, tuple[bytes, str | None]] = {}
+    outcomes: dict[str, Outcome] = {}
     async with (
         httpx.AsyncClient(transport=leader, base_url=base_url) as first,
         httpx.AsyncClient(transport=follower, base_url=base_url) as second,
@@ -78,14 +79,7 @@ async def test_followers_of_a_leader_whose_lease_another_process_took_during_a_b
     ):
 
         async def call(name: str, client: httpx.AsyncClient) -> None:
-            received = b""
-            try:
-                async with client.stream("GET", PATH) as response:
-                    async for chunk in response.aiter_raw():
-                        received += chunk
-                outcomes[name] = (received, None)
-            except httpx.HTTPError as error:
-                outcomes[name] = (received, f"{type(error).__name__}: {error}")
+            outcomes[name] = await read_stream(client, PATH)
 
         async with anyio.create_task_group() as group:
             group.start_soon(call, "leader", first)

@@ -1,0 +1,164 @@
+"""Members of a fleet within one test process: each transport has its own backend (its
+own connections and client name), so two transports are two members, as two processes
+would be.
+
+Most tests here play one round between a leader and a follower: the leader's call
+reaches the upstream, which holds its answer; the follower's call follows the round
+through Redis; then the test does what it is about (a fault, a lease taken away), and
+the upstream answers. ``lead_and_follow`` is that round, so each test shows only what
+it does differently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+import redis
+
+from httpx_coalesce import CoalescingTransport
+from httpx_coalesce.redis import RedisBackend
+from httpx_coalesce.redis._names import FlightKeys
+
+from ..conftest import until
+from .conftest import blocked_readers
+
+#: What each member's caller does: (its member's name, "leader" or "follower"; its client).
+Call = Callable[[str, Any], Coroutine[Any, Any, None]]
+
+
+def backend(redis_url: str, prefix: str, name: str, **options: Any) -> RedisBackend:
+    return RedisBackend.from_url(redis_url, prefix=prefix, client_name=f"{prefix}{name}", **options)
+
+
+def following(redis_client: redis.Redis, prefix: str, name: str) -> Callable[[], bool]:
+    """Whether the transport whose backend is *name* is blocked reading a leader's stream."""
+    return lambda: blocked_readers(redis_client, f"{prefix}{name}") == 1
+
+
+def records(redis_client: redis.Redis, prefix: str) -> dict[str, list[tuple[bytes, bytes]]]:
+    """Every stream under *prefix*: its records as (type, data)."""
+    streams: dict[str, list[tuple[bytes, bytes]]] = {}
+    for key in redis_client.scan_iter(match=f"{prefix}stream:*"):
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = redis_client.xrange(key)  # type: ignore[assignment]
+        streams[key.decode()] = [(fields[b"t"], fields[b"d"]) for _, fields in entries]
+    return streams
+
+
+def request_key(redis_client: redis.Redis, prefix: str) -> tuple[str, str]:
+    """The request key and token of the one round recorded under *prefix*."""
+    [name] = records(redis_client, prefix)
+    # {prefix}stream:{bucket tag}:{key}:{token}
+    _, key, token = name.rsplit(":", 2)
+    return key, token
+
+
+async def finished_round(
+    transport: CoalescingTransport, url: str, redis_client: redis.Redis, prefix: str
+) -> tuple[FlightKeys, str]:
+    """A round run to its end (a GET of *url* through *transport*): its key's names in
+    Redis, and its token."""
+    async with httpx.AsyncClient(transport=transport) as client:
+        await client.get(url)
+    key, token = request_key(redis_client, prefix)
+    return FlightKeys(prefix, key), token
+
+
+async def get_past_a_planted_lease(
+    transport: CoalescingTransport, url: str, keys: FlightKeys, redis_client: redis.Redis
+) -> httpx.Response:
+    """A GET of *url* through *transport* while the lease the test wrote in *keys* stands;
+    the lease is gone afterwards (no leader of ours would ever end it)."""
+    try:
+        async with httpx.AsyncClient(transport=transport) as client:
+            return await client.get(url)
+    finally:
+        redis_client.delete(keys.lease)
+
+
+#: What each member's streaming caller got: the bytes handed out, and the error that ended
+#: them as "class: message" (None when the body ended well).
+Outcome = tuple[bytes, str | None]
+
+
+@asynccontextmanager
+async def clients(
+    leader: CoalescingTransport, follower: CoalescingTransport, base_url: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """A client of the leader's transport and one of the follower's."""
+    async with (
+        httpx.AsyncClient(transport=leader, base_url=base_url) as first,
+        httpx.AsyncClient(transport=follower, base_url=base_url) as second,
+    ):
+        yield first, second
+
+
+async def read_stream(
+    client: httpx.AsyncClient, path: str, catch: type[httpx.HTTPError] = httpx.HTTPError
+) -> Outcome:
+    """Streams a GET of *path*: what the caller got. An error other than *catch* fails
+    the test."""
+    received = b""
+    try:
+        async with client.stream("GET", path) as response:
+            async for chunk in response.aiter_raw():
+                received += chunk
+    except catch as error:
+        return received, f"{type(error).__name__}: {error}"
+    return received, None
+
+
+def streaming(
+    path: str, outcomes: dict[str, Outcome], catch: type[httpx.HTTPError] = httpx.HTTPError
+) -> Call:
+    """A call that streams a GET of *path* and keeps what it got in *outcomes*, under its
+    member's name (as soon as it has it: a test may wait for one caller's end)."""
+
+    async def call(name: str, client: httpx.AsyncClient) -> None:
+        outcomes[name] = await read_stream(client, path, catch)
+
+    return call
+
+
+async def play_round(
+    first: Any,
+    second: Any,
+    call: Call,
+    *,
+    arrived: Callable[[], bool],
+    following: Callable[[], bool],
+    release: Callable[[], None],
+    meanwhile: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """One round: *call* ("leader") in *first* until the upstream has it (*arrived*), then
+    *call* ("follower") in *second* until it follows the round (*following*); then
+    *meanwhile*, then the upstream answers (*release*). Returns once both calls have."""
+    async with anyio.create_task_group() as group:
+        group.start_soon(call, "leader", first)
+        await until(arrived)
+        group.start_soon(call, "follower", second)
+        await until(following)
+        if meanwhile is not None:
+            await meanwhile()
+        release()
+
+
+async def lead_and_follow(
+    leader: CoalescingTransport,
+    follower: CoalescingTransport,
+    base_url: str,
+    call: Call,
+    *,
+    arrived: Callable[[], bool],
+    following: Callable[[], bool],
+    release: Callable[[], None],
+    meanwhile: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """``play_round`` in an httpx client of each transport."""
+    async with clients(leader, follower, base_url) as (first, second):
+        await play_round(
+            first, second, call, arrived=arrived, following=following, release=release, meanwhile=meanwhile
+        )
