@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import orjson
@@ -16,30 +17,34 @@ import pytest
 from httpx_coalesce import CoalescingTransport, Limits
 
 from .conftest import until
+from .support.choreography import AtTheGate, overlap
 from .upstream import Upstream
 
 pytestmark = pytest.mark.anyio
 
 MakeTransport = Callable[..., CoalescingTransport]
+T = TypeVar("T")
 
 
-async def gather(*jobs: Callable[[], Any]) -> list[Any]:
-    results: list[Any] = [None] * len(jobs)
+async def overlapping(
+    upstream: Upstream,
+    transport: CoalescingTransport,
+    calls: Sequence[Callable[[], Awaitable[T]]],
+    ready: Callable[[], bool] | None = None,
+) -> list[T]:
+    """Runs *calls* at once, the upstream holding them until *ready* (by default: until every
+    one waits in the transport, so that they overlap); their results, in order."""
 
-    async def run(index: int, job: Callable[[], Any]) -> None:
-        results[index] = await job()
+    def every_caller_waits() -> bool:
+        return transport.stats().waiters == len(calls)
 
-    async with anyio.create_task_group() as group:
-        for index, job in enumerate(jobs):
-            group.start_soon(run, index, job)
-    return results
+    return await overlap(AtTheGate(upstream, ready or every_caller_waits), calls)
 
 
 async def test_hundred_identical_posts_make_one_upstream_call(
     lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport
 ) -> None:
     transport = make_transport()
-    upstream.hold()
     async with lib.AsyncClient(transport=transport, base_url=base_url) as client:
 
         async def call() -> Any:
@@ -47,16 +52,7 @@ async def test_hundred_identical_posts_make_one_upstream_call(
                 client.build_request("POST", "/echo", json={"q": "amortization"}), stream=True
             )
 
-        async with anyio.create_task_group() as group:
-            responses: list[Any] = []
-
-            async def one() -> None:
-                responses.append(await call())
-
-            for _ in range(100):
-                group.start_soon(one)
-            await until(lambda: transport.stats().waiters == 100)
-            upstream.gate.set()
+        responses = await overlapping(upstream, transport, [call] * 100)
 
         assert upstream.hits["/echo"] == 1
         # Each response is its own: read some, close others unread, in any order.
@@ -90,18 +86,8 @@ async def test_buffered_body_is_one_bytes_object_shared_by_all(
     lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport
 ) -> None:
     transport = make_transport()
-    upstream.hold()
     async with lib.AsyncClient(transport=transport, base_url=base_url) as client:
-        results: list[Any] = []
-
-        async def one() -> None:
-            results.append(await client.post("/echo", json={"q": 1}))
-
-        async with anyio.create_task_group() as group:
-            for _ in range(10):
-                group.start_soon(one)
-            await until(lambda: transport.stats().waiters == 10)
-            upstream.gate.set()
+        results = await overlapping(upstream, transport, [lambda: client.post("/echo", json={"q": 1})] * 10)
     assert len({id(response.content) for response in results}) == 1
 
 
@@ -110,17 +96,12 @@ async def test_json_key_order_and_white_space_still_coalesce(
 ) -> None:
     transport = make_transport()
     bodies = [b'{"a": 1, "b": [1, 2]}', b'{"b":[1,2],"a":1}', b'  {"b" : [ 1 , 2 ] , "a":1 }\n']
-    upstream.hold()
     async with lib.AsyncClient(transport=transport, base_url=base_url) as client:
-        jobs = [
-            lambda body=body: client.post("/echo", content=body, headers={"content-type": "application/json"})
+        calls = [
+            partial(client.post, "/echo", content=body, headers={"content-type": "application/json"})
             for body in bodies
         ]
-        async with anyio.create_task_group() as group:
-            for job in jobs:
-                group.start_soon(job)
-            await until(lambda: transport.stats().waiters == 3)
-            upstream.gate.set()
+        await overlapping(upstream, transport, calls)
     assert upstream.hits["/echo"] == 1
 
 
@@ -144,17 +125,14 @@ async def test_a_different_body_url_method_or_credential_never_coalesces(
     transport = make_transport(methods={"GET", "POST", "PUT"})
     base = {"method": "POST", "url": "/echo", "json": {"q": "same"}, "headers": {"authorization": "Bearer a"}}
     other = {**base, **variant}
-    upstream.hold()
     async with lib.AsyncClient(transport=transport, base_url=base_url) as client:
-
-        async def send(options: dict[str, Any]) -> None:
-            await client.request(**options)
-
-        async with anyio.create_task_group() as group:
-            for options in (base, other):
-                group.start_soon(send, options)
-            await until(lambda: upstream.total == 2 or transport.stats().waiters == 2)
-            upstream.gate.set()
+        await overlapping(
+            upstream,
+            transport,
+            [partial(client.request, **options) for options in (base, other)],
+            # Two upstream calls, or (were they coalesced) two waiters on one.
+            ready=lambda: upstream.total == 2 or transport.stats().waiters == 2,
+        )
     assert upstream.hits["/echo"] == 2
 
 
@@ -163,22 +141,17 @@ async def test_interleaved_tenants_never_see_each_others_responses(
 ) -> None:
     transport = make_transport()
     tenants = [f"Bearer sk-tenant-{number}" for number in range(8)]
-    upstream.hold()
-    seen: list[tuple[str, Any]] = []
     async with lib.AsyncClient(transport=transport, base_url=base_url) as client:
 
-        async def ask(token: str) -> None:
+        async def ask(token: str) -> tuple[str, Any]:
             response = await client.post(
                 "/echo", json={"q": "same for all"}, headers={"authorization": token}
             )
-            seen.append((token, response.json()))
+            return token, response.json()
 
-        async with anyio.create_task_group() as group:
-            for _ in range(10):
-                for token in tenants:
-                    group.start_soon(ask, token)
-            await until(lambda: transport.stats().waiters == 80)
-            upstream.gate.set()
+        seen = await overlapping(
+            upstream, transport, [partial(ask, token) for _ in range(10) for token in tenants]
+        )
     assert upstream.hits["/echo"] == len(tenants)
     crossed = [
         token for token, body in seen if body["auth_sha"] != hashlib.sha256(token.encode()).hexdigest()
@@ -241,22 +214,17 @@ async def test_upstream_reset_gives_every_waiter_its_own_error_and_next_call_is_
     lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport
 ) -> None:
     transport = make_transport()
-    upstream.hold()
-    errors: list[tuple[Any, Any]] = []
     async with lib.AsyncClient(transport=transport, base_url=base_url) as client:
 
-        async def call() -> None:
+        async def call() -> tuple[Any, Any]:
             request = client.build_request("POST", "/reset", json={"q": 1})
             try:
                 await client.send(request)
             except lib.TransportError as error:
-                errors.append((request, error))
+                return request, error
+            raise AssertionError("the reset reached this caller as a response")
 
-        async with anyio.create_task_group() as group:
-            for _ in range(6):
-                group.start_soon(call)
-            await until(lambda: transport.stats().waiters == 6)
-            upstream.gate.set()
+        errors = await overlapping(upstream, transport, [call] * 6)
         assert upstream.hits["/reset"] == 1
         assert len(errors) == 6
         assert len({id(error) for _, error in errors}) == 6
@@ -311,18 +279,9 @@ async def test_error_responses_are_shared(
     lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport
 ) -> None:
     transport = make_transport()
-    upstream.hold()
-    statuses: list[int] = []
     async with lib.AsyncClient(transport=transport, base_url=base_url) as client:
-
-        async def call() -> None:
-            statuses.append((await client.post("/status/429", json={})).status_code)
-
-        async with anyio.create_task_group() as group:
-            for _ in range(5):
-                group.start_soon(call)
-            await until(lambda: transport.stats().waiters == 5)
-            upstream.gate.set()
+        responses = await overlapping(upstream, transport, [lambda: client.post("/status/429", json={})] * 5)
+    statuses = [response.status_code for response in responses]
     assert statuses == [429] * 5
     assert upstream.hits["/status/429"] == 1
 
@@ -331,18 +290,9 @@ async def test_gzip_responses_decode_for_every_waiter(
     lib: ModuleType, upstream: Upstream, base_url: str, make_transport: MakeTransport
 ) -> None:
     transport = make_transport()
-    upstream.hold()
-    texts: list[str] = []
     async with lib.AsyncClient(transport=transport, base_url=base_url) as client:
-
-        async def call() -> None:
-            texts.append((await client.get("/gzip")).text)
-
-        async with anyio.create_task_group() as group:
-            for _ in range(5):
-                group.start_soon(call)
-            await until(lambda: transport.stats().waiters == 5)
-            upstream.gate.set()
+        responses = await overlapping(upstream, transport, [lambda: client.get("/gzip")] * 5)
+    texts = [response.text for response in responses]
     assert texts == ["coalesced and compressed " * 200] * 5
     assert upstream.hits["/gzip"] == 1
     assert gzip.compress(b"") is not None

@@ -1,4 +1,4 @@
-"""Making identical calls overlap on conditions, not on time (the SDK and recipe tests).
+"""Making identical calls overlap on conditions, not on time (the SDK, recipe and loopback tests).
 
 The fake API holds each upstream attempt (``api.hold``, or ``api.gate`` after the first event of a
 stream) until every caller is attached to it in the transport, and only then lets it answer. A
@@ -20,6 +20,7 @@ from httpx_coalesce import CoalescingTransport
 from httpx_coalesce._demo.fake_api import FakeLLMAPI
 
 from ..conftest import until, until_sync
+from ..upstream import Upstream
 
 T = TypeVar("T")
 
@@ -151,6 +152,29 @@ class OneFlight:
     def release_all(self) -> None:
         self.api.gate = self.api.hold = None
         self._event.set()
+
+
+class AtTheGate:
+    """For the loopback upstream (tests/upstream.py): it holds every request at its gate until
+    ``ready()`` (say, every caller waits in the transport), then opens it."""
+
+    def __init__(self, upstream: Upstream, ready: Callable[[], bool]) -> None:
+        self.upstream = upstream
+        self._ready = ready
+        upstream.hold()
+
+    @property
+    def phases(self) -> int:
+        return 1
+
+    def ready(self, phase: int) -> bool:
+        return self._ready()
+
+    def release(self, phase: int) -> None:
+        self.upstream.gate.set()
+
+    def release_all(self) -> None:
+        self.upstream.gate.set()
 
 
 async def overlap(choreography: Choreography, calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
