@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import orjson
@@ -17,28 +17,12 @@ import pytest
 from httpx_coalesce import CoalescingTransport, Limits
 
 from .conftest import until
-from .support.choreography import AtTheGate, overlap
+from .support.choreography import overlapping
 from .upstream import Upstream
 
 pytestmark = pytest.mark.anyio
 
 MakeTransport = Callable[..., CoalescingTransport]
-T = TypeVar("T")
-
-
-async def overlapping(
-    upstream: Upstream,
-    transport: CoalescingTransport,
-    calls: Sequence[Callable[[], Awaitable[T]]],
-    ready: Callable[[], bool] | None = None,
-) -> list[T]:
-    """Runs *calls* at once, the upstream holding them until *ready* (by default: until every
-    one waits in the transport, so that they overlap); their results, in order."""
-
-    def every_caller_waits() -> bool:
-        return transport.stats().waiters == len(calls)
-
-    return await overlap(AtTheGate(upstream, ready or every_caller_waits), calls)
 
 
 async def test_hundred_identical_posts_make_one_upstream_call(

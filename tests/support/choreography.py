@@ -156,11 +156,14 @@ class OneFlight:
 
 class AtTheGate:
     """For the loopback upstream (tests/upstream.py): it holds every request at its gate until
-    ``ready()`` (say, every caller waits in the transport), then opens it."""
+    ``ready()`` (say, every caller waits in the transport), runs ``while_waiting``, then opens it."""
 
-    def __init__(self, upstream: Upstream, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, upstream: Upstream, ready: Callable[[], bool], while_waiting: Callable[[], None] | None = None
+    ) -> None:
         self.upstream = upstream
         self._ready = ready
+        self._while_waiting = while_waiting
         upstream.hold()
 
     @property
@@ -171,6 +174,8 @@ class AtTheGate:
         return self._ready()
 
     def release(self, phase: int) -> None:
+        if self._while_waiting is not None:
+            self._while_waiting()
         self.upstream.gate.set()
 
     def release_all(self) -> None:
@@ -194,6 +199,23 @@ async def overlap(choreography: Choreography, calls: Sequence[Callable[[], Await
     finally:
         choreography.release_all()
     return [results[index] for index in range(len(calls))]
+
+
+async def overlapping(
+    upstream: Upstream,
+    transport: CoalescingTransport,
+    calls: Sequence[Callable[[], Awaitable[T]]],
+    *,
+    ready: Callable[[], bool] | None = None,
+    while_waiting: Callable[[], None] | None = None,
+) -> list[T]:
+    """Runs *calls* at once against the loopback upstream, which holds them until *ready* (by
+    default: until every one waits in the transport, so that they share a flight); their results."""
+
+    def every_caller_waits() -> bool:
+        return transport.stats().waiters == len(calls)
+
+    return await overlap(AtTheGate(upstream, ready or every_caller_waits, while_waiting), calls)
 
 
 def overlap_threads(choreography: Choreography, calls: Sequence[Callable[[], T]]) -> list[T]:

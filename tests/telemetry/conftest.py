@@ -11,14 +11,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, Metric, NumberDataPoint
 
 from httpx_coalesce import CoalesceStats, CoalescingTransport
 
-from ..conftest import until, until_sync
+from ..conftest import until_sync
+from ..support.choreography import overlapping
 from ..upstream import Upstream
 
 
@@ -46,22 +46,13 @@ async def burst(
 
     *while_waiting* runs while they all wait on the server.
     """
-    upstream.hold()
-    responses: list[Any] = []
 
-    async def one() -> None:
+    async def one() -> Any:
         response = await client.request(**kw)
         await response.aread()
-        responses.append(response)
+        return response
 
-    async with anyio.create_task_group() as group:
-        for _ in range(count):
-            group.start_soon(one)
-        await until(lambda: transport.stats().waiters == count)
-        if while_waiting is not None:
-            while_waiting()
-        upstream.gate.set()
-    return responses
+    return await overlapping(upstream, transport, [one] * count, while_waiting=while_waiting)
 
 
 def burst_sync(

@@ -5,8 +5,8 @@ exporter."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
 
-import anyio
 import httpx
 import pytest
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanKind
 
 from httpx_coalesce import CoalescingTransport
 
-from ..conftest import until
+from ..support.choreography import overlapping
 from ..upstream import Upstream
 from .conftest import burst
 
@@ -159,18 +159,13 @@ async def test_global_instrumentation_sees_one_upstream_call_under_the_leaders_s
     # joined have no client span, and their own spans get the event.
     tracer = tracer_provider.get_tracer("test")
     transport = make_transport()
-    upstream.hold()
     async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
 
         async def handler(number: int) -> None:
             with tracer.start_as_current_span(f"handler {number}", kind=SpanKind.SERVER):
                 await client.post("/echo", json={"q": "global"})
 
-        async with anyio.create_task_group() as group:
-            for number in range(5):
-                group.start_soon(handler, number)
-            await until(lambda: transport.stats().waiters == 5)
-            upstream.gate.set()
+        await overlapping(upstream, transport, [partial(handler, number) for number in range(5)])
 
     (upstream_span,) = client_spans(exporter)
     handlers = {
