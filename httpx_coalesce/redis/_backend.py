@@ -29,7 +29,7 @@ from .._limits import Limits
 from .._stats import Counters
 from .._telemetry import error_type
 from ._breaker import Breaker
-from ._clients import AsyncClientFactory, Clients, SyncClientFactory, check_client
+from ._clients import AsyncClientFactory, Clients, SyncClientFactory, check_client, quiet_handshake
 from ._context import Context
 from ._errors import RedisTrouble
 from ._follow import Moved, Verdict, follow_async, follow_sync, response_of
@@ -219,7 +219,7 @@ class RedisBackend:
         check_options(redis_options, cluster=cluster)
         # A malformed URL is refused now, not at each request (redis-py leaves it untyped).
         redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
-        options = {"retry": Retry(NoBackoff(), 0), **redis_options}
+        options = quiet_handshake({"retry": Retry(NoBackoff(), 0), **redis_options})
         sync_class: Any = redis.cluster.RedisCluster if cluster else redis.Redis
         async_class: Any = redis.asyncio.cluster.RedisCluster if cluster else redis.asyncio.Redis
         timeouts = _Timeouts(settings, socket_timeout, socket_connect_timeout)
@@ -301,12 +301,14 @@ class RedisBackend:
             raise ValueError("the sentinel service (master name) must not be empty")
         check_options(redis_options, cluster=False)
         check_options(sentinel_options or {}, cluster=False)
-        to_sentinels = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": socket_connect_timeout,
-            **(sentinel_options or {}),
-        }
-        options = {"retry": Retry(NoBackoff(), 0), **redis_options}
+        to_sentinels = quiet_handshake(
+            {
+                "socket_timeout": socket_timeout,
+                "socket_connect_timeout": socket_connect_timeout,
+                **(sentinel_options or {}),
+            }
+        )
+        options = quiet_handshake({"retry": Retry(NoBackoff(), 0), **redis_options})
         timeouts = _Timeouts(settings, socket_timeout, socket_connect_timeout)
 
         def maker(module: Any, timeout: float, connect: float) -> Callable[[], Any]:

@@ -13,18 +13,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import cache
 from typing import Any
 
 import anyio
+import redis.asyncio.connection
+import redis.connection
 
 from ._errors import RedisTrouble
 from ._ops import AsyncioOps, AsyncOps, SyncOps, ThreadOps
 from ._patience import cap_for
 
-__all__ = ["AsyncClientFactory", "Clients", "SyncClientFactory", "check_client", "connection_options"]
+__all__ = [
+    "AsyncClientFactory",
+    "Clients",
+    "SyncClientFactory",
+    "check_client",
+    "connection_options",
+    "quiet_handshake",
+]
 
 #: A redis-py client: plain or cluster (sentinel-managed clients are plain ones).
 SyncClient = Any
@@ -55,6 +66,39 @@ def connection_options(client: Any) -> dict[str, Any]:
     if hasattr(client, "get_connection_kwargs"):  # redis.cluster.RedisCluster
         return dict(client.get_connection_kwargs())
     return dict(getattr(client, "connection_kwargs", {}))  # redis.asyncio.cluster.RedisCluster
+
+
+@cache
+def _connection_parameters() -> frozenset[str]:
+    """What this redis-py's connections take, sync and asyncio alike."""
+    sync = inspect.signature(redis.connection.AbstractConnection.__init__).parameters
+    asyncio_ = inspect.signature(redis.asyncio.connection.AbstractConnection.__init__).parameters
+    return frozenset(sync) & frozenset(asyncio_)
+
+
+def quiet_handshake(options: Mapping[str, Any]) -> dict[str, Any]:
+    """*options* for the clients a backend makes itself, with a shorter handshake.
+
+    redis-py opens a connection with up to five round trips before its first command:
+    ``HELLO``, ``CLIENT MAINT_NOTIFICATIONS ON`` (for managed services that announce
+    their maintenance), the client's name, and ``CLIENT SETINFO`` twice (the library's
+    name and version, for ``CLIENT LIST``). A burst opens a process's connections while
+    its first flights wait on them, on a busy event loop where each round trip may take
+    a turn: those three are left out, unless *options* name them. Only what this
+    redis-py takes (older ones have no maintenance notifications, nor ``driver_info``).
+    """
+    quiet: dict[str, Any] = {}
+    accepted = _connection_parameters()
+    given = options.keys() & {"driver_info", "lib_name", "lib_version"}
+    if "driver_info" in accepted and not given:
+        quiet["driver_info"] = None  # None: no CLIENT SETINFO at all
+    elif "lib_name" in accepted and not given:
+        quiet.update(lib_name=None, lib_version=None)
+    if "maint_notifications_config" in accepted:
+        from redis.maint_notifications import MaintNotificationsConfig
+
+        quiet["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
+    return {**quiet, **options}
 
 
 def _socket_timeout(client: Any) -> float | None:
