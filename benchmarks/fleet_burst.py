@@ -478,11 +478,22 @@ def main() -> None:
         action="store_true",
         help="connect before the burst: the commands and round trips of the protocol alone",
     )
+    parser.add_argument(
+        "--burst",
+        action="append",
+        metavar="PxKxC",
+        help="P processes x K keys x C callers instead of --rows (repeatable; a trailing s: SSE)",
+    )
     args = parser.parse_args()
     if args.worker:
         anyio.run(worker, json.loads(args.worker))
         return
     chosen = ROWS if args.rows == "all" else [ROWS[int(n)] for n in args.rows.split(",")]
+    if args.burst:
+        chosen = []
+        for burst in args.burst:
+            processes, keys, callers = (int(n) for n in burst.rstrip("s").split("x"))
+            chosen.append((processes, keys, callers, burst.endswith("s")))
     url, server = start_redis()
     results: list[dict[str, Any]] = []
     try:
