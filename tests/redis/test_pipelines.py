@@ -1,4 +1,5 @@
-"""The pipelines of one event loop's commands (httpx_coalesce/redis/_ops.py).
+"""The pipelines of one event loop's commands (httpx_coalesce/redis/_ops.py), and a
+cluster client's first look at the cluster.
 
 A burst of elections goes out in short pipelines, a few at once: Redis reads each whole in
 one turn and answers it at the end of that turn, so a process that sent last is answered
@@ -9,6 +10,7 @@ timeout per pipeline.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,12 +20,14 @@ import redis.asyncio
 import redis.asyncio.client
 from redis.asyncio.connection import Connection
 
+from httpx_coalesce.redis import RedisBackend
 from httpx_coalesce.redis._errors import RedisTrouble
 from httpx_coalesce.redis._names import FlightKeys, new_token
 from httpx_coalesce.redis._ops import BATCH, PIPELINES, AsyncioOps, Lease
 from httpx_coalesce.redis._settings import DEFAULT_PREFIX
 
 from .conftest import StartRedis
+from .servers import Cluster
 from .test_fail_open import FakeRedis
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
@@ -69,11 +73,11 @@ class SpiedRedis(redis.asyncio.Redis):
         return pipe
 
 
-def _leases(count: int) -> list[Lease]:
+def _leases(count: int, prefix: str = DEFAULT_PREFIX) -> list[Lease]:
     leases = []
     for number in range(count):
         # Request keys are 40 hex digits (httpx_coalesce/_key.py).
-        keys, token = FlightKeys(DEFAULT_PREFIX, f"{number:040x}"), new_token()
+        keys, token = FlightKeys(prefix, f"{number:040x}"), new_token()
         leases.append(Lease(keys.lease, keys.stream(token), token, keys.round(token)))
     return leases
 
@@ -134,3 +138,34 @@ async def test_a_silent_redis_fails_a_queued_burst_at_its_first_timeout(hung_red
     assert all("no answer from Redis" in why for why in failed), set(failed)
     # The first wave only: one connection per pipeline out.
     assert hung_redis.connections == PIPELINES
+
+
+async def test_elections_at_once_on_a_fresh_cluster_client_all_reach_the_cluster(
+    redis_cluster: Cluster,
+) -> None:
+    """redis-py's asyncio cluster client, given many commands before it first looked at
+    the cluster, dropped connections others were opening: most of 24 such elections
+    failed open (each an extra upstream call) before any fault."""
+    prefix = f"first-look-{uuid.uuid4().hex[:8]}:"
+    backend = RedisBackend.from_url(redis_cluster.url, cluster=True, prefix=prefix)
+    ops = backend._clients.async_ops()
+    won: list[str | None] = []
+    failed: list[str] = []
+
+    async def elect(lease: Lease) -> None:
+        try:
+            won.append(await ops.acquire(lease, 5000))
+        except RedisTrouble as trouble:
+            failed.append(str(trouble))
+
+    try:
+        async with anyio.create_task_group() as group:
+            for lease in _leases(24, prefix):
+                group.start_soon(elect, lease)
+    finally:
+        await backend._clients.aclose()
+        with redis_cluster.client() as client:
+            for key in client.scan_iter(match=f"{prefix}*", target_nodes=client.PRIMARIES):
+                client.delete(key)
+    assert failed == []
+    assert won == [None] * 24
