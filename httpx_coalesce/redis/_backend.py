@@ -10,7 +10,8 @@ fails a request: the request goes upstream from this process instead (see docs/f
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -341,6 +342,11 @@ class RedisBackend:
             raise ValueError("this RedisBackend already serves a transport; make one per transport")
         self._context = Context(self._settings, limits, counters, self._report, window)
 
+    # send_async and send_sync differ only in how they block: the election is written
+    # once, in _elect, which does no I/O; they carry out what it asks with ops of their
+    # own kind. Redis trouble in a window read or an acquire sends the request upstream
+    # (following deals with its own).
+
     async def send_async(self, key: str, request: Any, library: Library, send: AsyncSend) -> Any:
         context = self._usable()
         if context is None:
@@ -350,38 +356,28 @@ class RedisBackend:
         except RedisTrouble as trouble:
             self._report(trouble)
             return await send(request)
-        keys = FlightKeys(self._settings.prefix, key)
-        if context.window > 0:
+        election = self._elect(context, key, request, library)
+        step = next(election)
+        result: Any
+        while True:
+            if isinstance(step, _Follow):
+                step = election.send(await follow_async(context, ops, step.lease, request, library))
+                continue
             try:
-                kept = await ops.window_get(keys.window)
+                if isinstance(step, _Acquire):
+                    result = await ops.acquire(step.lease, self._settings.lease_ms)
+                elif isinstance(step, _WindowGet):
+                    result = await ops.window_get(step.key)
+                else:
+                    break
             except RedisTrouble as trouble:
                 self._report(trouble)
                 return await send(request)
-            answer = None if kept is None else _from_window(context, kept, request, library)
-            if answer is not None:
-                return answer
-        following: Lease | None = None
-        replaced: Lease | None = None
-        for _ in range(MAX_ROUNDS):
-            if following is None:
-                lease = _new_lease(keys)
-                try:
-                    holder = await ops.acquire(lease, self._settings.lease_ms)
-                except RedisTrouble as trouble:
-                    self._report(trouble)
-                    return await send(request)
-                self._succeeded()
-                if holder is None:
-                    context.counters.add("redis_led")
-                    lead = Lead(context, self._keeper.hold(lease), replaced, keys.window)
-                    return await lead_async(lead, ops, request, library, send)
-                following = _lease_of(keys, holder)
-            followed = await follow_async(context, ops, following, request, library)
-            if followed is Verdict.ALONE:
-                return await send(request)
-            following, replaced, done = _next_round(keys, following, followed)
-            if done:
-                return followed
+            step = election.send(result)
+        if isinstance(step, Lead):
+            return await lead_async(step, ops, request, library, send)
+        if isinstance(step, _Answer):
+            return step.response
         return await send(request)
 
     def send_sync(self, key: str, request: Any, library: Library, send: SyncSend) -> Any:
@@ -393,44 +389,63 @@ class RedisBackend:
         except RedisTrouble as trouble:
             self._report(trouble)
             return send(request)
-        keys = FlightKeys(self._settings.prefix, key)
-        if context.window > 0:
+        election = self._elect(context, key, request, library)
+        step = next(election)
+        result: Any
+        while True:
+            if isinstance(step, _Follow):
+                step = election.send(follow_sync(context, ops, step.lease, request, library))
+                continue
             try:
-                kept = ops.window_get(keys.window)
+                if isinstance(step, _Acquire):
+                    result = ops.acquire(step.lease, self._settings.lease_ms)
+                elif isinstance(step, _WindowGet):
+                    result = ops.window_get(step.key)
+                else:
+                    break
             except RedisTrouble as trouble:
                 self._report(trouble)
                 return send(request)
+            step = election.send(result)
+        if isinstance(step, Lead):
+            return lead_sync(step, ops, request, library, send)
+        if isinstance(step, _Answer):
+            return step.response
+        return send(request)
+
+    def _elect(
+        self, context: Context, key: str, request: Any, library: Library
+    ) -> Generator[_Step, Any, None]:
+        """A flight's way through its key's rounds: yields what to do next (a read, to be
+        sent what it returned) until it yields the outcome (a Lead, an _Answer, or
+        Verdict.ALONE: go upstream from this process)."""
+        keys = FlightKeys(self._settings.prefix, key)
+        if context.window > 0:
+            kept = yield _WindowGet(keys.window)
             answer = None if kept is None else _from_window(context, kept, request, library)
             if answer is not None:
-                return answer
+                yield _Answer(answer)
+                return
         following: Lease | None = None
         replaced: Lease | None = None
         for _ in range(MAX_ROUNDS):
             if following is None:
                 lease = _new_lease(keys)
-                try:
-                    holder = ops.acquire(lease, self._settings.lease_ms)
-                except RedisTrouble as trouble:
-                    self._report(trouble)
-                    return send(request)
+                holder = yield _Acquire(lease)
                 self._succeeded()
                 if holder is None:
                     context.counters.add("redis_led")
-                    return lead_sync(
-                        Lead(context, self._keeper.hold(lease), replaced, keys.window),
-                        ops,
-                        request,
-                        library,
-                        send,
-                    )
+                    yield Lead(context, self._keeper.hold(lease), replaced, keys.window)
+                    return
                 following = _lease_of(keys, holder)
-            followed = follow_sync(context, ops, following, request, library)
+            followed = yield _Follow(following)
             if followed is Verdict.ALONE:
-                return send(request)
+                break
             following, replaced, done = _next_round(keys, following, followed)
             if done:
-                return followed
-        return send(request)
+                yield _Answer(followed)
+                return
+        yield Verdict.ALONE
 
     async def aclose(self) -> None:
         self._closed = True
@@ -471,6 +486,37 @@ class RedisBackend:
         if not self._breaker.closed:
             self._breaker.succeeded()
             logger.info("Redis is back; coalescing across processes again")
+
+
+@dataclass(frozen=True, slots=True)
+class _WindowGet:
+    """Read the fleet window's entry of *key* (send its value)."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Acquire:
+    """Compete for *lease* (send the holder's token, None if this process won it)."""
+
+    lease: Lease
+
+
+@dataclass(frozen=True, slots=True)
+class _Follow:
+    """Follow the round of *lease* (send what following it came to)."""
+
+    lease: Lease
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """The outcome: *response* answers the flight."""
+
+    response: Any
+
+
+_Step = _WindowGet | _Acquire | _Follow | _Answer | Lead | Verdict
 
 
 class _Timeouts:
