@@ -232,6 +232,10 @@ class _Batch:
     generation: int
 
 
+#: The arguments of an ``ops.append``: lease, records, lease_ms, ttl_ms, final, expect_stream.
+_Append = tuple[Lease, list[Record], int, int, bool, bool]
+
+
 class Lead:
     """One round this process leads: its lease, what it publishes, and where it fails.
 
@@ -417,24 +421,40 @@ class Lead:
         except RedisTrouble as trouble:
             self._context.report(trouble)
 
-    def _moved(self) -> tuple[Lease, list[Record]] | None:
+    def _moved(self) -> _Append | None:
+        """The write that tells the replaced round's followers where to go, if any."""
         replaced = self._replaces
         if replaced is None:
             return None
         lease = self.hold.lease
+        settings = self._context.settings
         # Written under this round's lease into the old round's stream: it wakes the
         # followers still waiting there, and sends late ones here instead of into
         # another election after this round may already be over.
-        return Lease(lease.key, replaced.stream, lease.token, lease.round), [(MOVED, lease.token.encode())]
+        moved = Lease(lease.key, replaced.stream, lease.token, lease.round)
+        return moved, [(MOVED, lease.token.encode())], settings.lease_ms, settings.stream_ttl_ms, False, False
+
+    def _written(self, batch: _Batch) -> _Append:
+        """The write of *batch*."""
+        settings = self._context.settings
+        return (
+            self.hold.lease,
+            batch.records,
+            settings.lease_ms,
+            settings.stream_ttl_ms,
+            batch.final,
+            batch.start > 0,
+        )
+
+    # The faces below only carry out the writes the methods above make.
 
     async def announce_async(self, ops: AsyncOps) -> None:
         """Tell the followers of the replaced round, if any, where to go."""
         moved = self._moved()
         if moved is None:
             return
-        settings = self._context.settings
         try:
-            await ops.append(*moved, settings.lease_ms, settings.stream_ttl_ms, final=False)
+            await ops.append(*moved)
         except RedisTrouble as trouble:
             self._context.report(trouble)
 
@@ -442,9 +462,8 @@ class Lead:
         moved = self._moved()
         if moved is None:
             return
-        settings = self._context.settings
         try:
-            ops.append(*moved, settings.lease_ms, settings.stream_ttl_ms, final=False)
+            ops.append(*moved)
         except RedisTrouble as trouble:
             self._context.report(trouble)
 
@@ -452,17 +471,9 @@ class Lead:
         """Write what is queued, unless the keeper does; what was queued while a write
         was on its way goes out in the next. Never raises but for cancellation. One
         task writes at a time (``_Writer``, or the fleet call once it is over)."""
-        settings = self._context.settings
         while (batch := self._batch()) is not None:
             try:
-                held = await ops.append(
-                    self.hold.lease,
-                    batch.records,
-                    settings.lease_ms,
-                    settings.stream_ttl_ms,
-                    batch.final,
-                    batch.start > 0,
-                )
+                held = await ops.append(*self._written(batch))
             except RedisTrouble as trouble:
                 self._failed(trouble)
                 return
@@ -472,16 +483,8 @@ class Lead:
         batch = self._batch()
         if batch is None:
             return
-        settings = self._context.settings
         try:
-            held = ops.append(
-                self.hold.lease,
-                batch.records,
-                settings.lease_ms,
-                settings.stream_ttl_ms,
-                batch.final,
-                batch.start > 0,
-            )
+            held = ops.append(*self._written(batch))
         except RedisTrouble as trouble:
             self._failed(trouble)
             return
