@@ -329,7 +329,13 @@ class Reading:
         return self.head is not None and not is_buffered(self.head, method, context.limits)
 
 
-async def _advance_async(reading: Reading, ops: AsyncOps, handed_out: bool) -> None:
+# One wait for news of the round, in each face: first, if the leader asked, say this
+# process still follows it (see Presence).
+
+
+async def _advance_async(reading: Reading, presence: Presence, ops: AsyncOps, handed_out: bool) -> None:
+    if reading.presence_wanted:
+        await presence.keep_async(ops)
     lease = reading.lease
     try:
         if reading.took(await ops.read(lease.round, lease.stream, reading.after, reading.block(ops.block))):
@@ -340,7 +346,9 @@ async def _advance_async(reading: Reading, ops: AsyncOps, handed_out: bool) -> N
         await anyio.sleep(reading.troubled(trouble, handed_out))
 
 
-def _advance_sync(reading: Reading, ops: SyncOps, handed_out: bool) -> None:
+def _advance_sync(reading: Reading, presence: Presence, ops: SyncOps, handed_out: bool) -> None:
+    if reading.presence_wanted:
+        presence.keep_sync(ops)
     lease = reading.lease
     try:
         if reading.took(ops.read(lease.round, lease.stream, reading.after, reading.block(ops.block))):
@@ -460,9 +468,7 @@ class _AsyncFollowerStream:
                 if follower.complete():
                     return
                 try:
-                    if reading.presence_wanted:
-                        await follower.presence.keep_async(self._ops)
-                    await _advance_async(reading, self._ops, True)
+                    await _advance_async(reading, follower.presence, self._ops, True)
                 except RedisTrouble as trouble:
                     raise follower.lost_redis(trouble) from None
         finally:
@@ -489,9 +495,7 @@ class _SyncFollowerStream:
                 if follower.complete():
                     return
                 try:
-                    if reading.presence_wanted:
-                        follower.presence.keep_sync(self._ops)
-                    _advance_sync(reading, self._ops, True)
+                    _advance_sync(reading, follower.presence, self._ops, True)
                 except RedisTrouble as trouble:
                     raise follower.lost_redis(trouble) from None
         finally:
@@ -510,9 +514,7 @@ async def follow_async(context: Context, ops: AsyncOps, lease: Lease, request: A
         while not reading.ready(request.method, context):
             if reading.waited_too_long:
                 return Verdict.ALONE
-            if reading.presence_wanted:
-                await presence.keep_async(ops)
-            await _advance_async(reading, ops, False)
+            await _advance_async(reading, presence, ops, False)
         settled = _Follower(context, reading, request, library, presence).settle(True, ops)
         return settled
     except RedisTrouble as trouble:
@@ -532,9 +534,7 @@ def follow_sync(context: Context, ops: SyncOps, lease: Lease, request: Any, libr
         while not reading.ready(request.method, context):
             if reading.waited_too_long:
                 return Verdict.ALONE
-            if reading.presence_wanted:
-                presence.keep_sync(ops)
-            _advance_sync(reading, ops, False)
+            _advance_sync(reading, presence, ops, False)
         settled = _Follower(context, reading, request, library, presence).settle(False, ops)
         return settled
     except RedisTrouble as trouble:
