@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import sys
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -19,10 +19,14 @@ from typing import Any
 from ._flight import END, Abandoned, Seat, _End, _Pull
 from ._library import Library
 from ._replay import Head
+from ._signal import Signal
 from ._tasks import start_janitor
 from ._upstream import pull_async, pull_sync
 
 __all__ = ["CoalesceInfo", "build_response", "caller_error", "fresh_error"]
+
+#: Asks the flight (under its lock) for a reader's next data: see ``Flight.next_data``.
+_Ready = Callable[[], bytes | _End | _Pull | BaseException | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,14 +143,23 @@ class _SeatStream:
         if self._finalizer is not None:
             self._finalizer.detach()
 
-    def _read_budget(self) -> float | None:
+    def _begin(self) -> tuple[_Ready, float | None, Signal]:
+        """Both faces start reading here (once a stream): what asks the flight for the
+        next data, how long each wait may last, and what wakes the reader. Per chunk
+        they only wait."""
+        seat = self._seat
+        flight = seat.flight
         # A follower waits for each chunk no longer than its own read timeout would let
         # it wait alone; the leader's reads already run under the leader's timeouts.
-        if self._seat.leader:
-            return None
-        timeout = self._request.extensions.get("timeout") or {}
-        read = timeout.get("read")
-        return None if read is None else float(read)
+        within: float | None = None
+        if not seat.leader:
+            read = (self._request.extensions.get("timeout") or {}).get("read")
+            within = None if read is None else float(read)
+        reads_whole = _reads_whole(self._library)
+        with flight.lock:
+            flight.start_reading(seat, reads_whole)
+            signal = flight.signal_for(seat)
+        return partial(flight.next_data, seat), within, signal
 
     def _still_coming(self, size: int) -> bool:
         """A reader waiting for the whole body ran out of its read budget: whether bytes
@@ -178,12 +191,7 @@ class _AsyncSeatStream(_SeatStream):
         seat = self._seat
         flight = seat.flight
         replay = flight.replay
-        ready = partial(flight.next_data, seat)
-        within = self._read_budget()
-        reads_whole = _reads_whole(self._library)
-        with flight.lock:
-            flight.start_reading(seat, reads_whole)
-            signal = flight.signal_for(seat)
+        ready, within, signal = self._begin()
         while True:
             size = replay.size
             data = await flight.wait_async(ready, within, signal if seat.whole else None)
@@ -210,12 +218,7 @@ class _SyncSeatStream(_SeatStream):
         seat = self._seat
         flight = seat.flight
         replay = flight.replay
-        ready = partial(flight.next_data, seat)
-        within = self._read_budget()
-        reads_whole = _reads_whole(self._library)
-        with flight.lock:
-            flight.start_reading(seat, reads_whole)
-            signal = flight.signal_for(seat)
+        ready, within, signal = self._begin()
         while True:
             size = replay.size
             data = flight.wait(ready, within, signal if seat.whole else None)
