@@ -473,6 +473,22 @@ class _TrackedStream(StreamingResponse):
             self._api._stream_closed(ended and self._delivered_all)
 
 
+class _Count:
+    """A count the server's tasks and threads keep on a ``FakeLLMAPI``, in ``_<name>``: read
+    under its lock, as a read-only property would."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._field = f"_{name}"
+
+    def __get__(self, api: FakeLLMAPI, owner: type | None = None) -> int:
+        with api._lock:
+            count: int = getattr(api, self._field)
+        return count
+
+
 class FakeLLMAPI:
     """State and ASGI app of the fake API. All counters are safe to read from any thread.
 
@@ -561,11 +577,9 @@ class FakeLLMAPI:
 
     # ----------------------------------------------------------------------------------------- inspection
 
-    @property
-    def hits(self) -> int:
-        """Requests that reached an API endpoint (``/health`` excluded), including error-injected ones."""
-        with self._lock:
-            return self._hits
+    hits = _Count(
+        "Requests that reached an API endpoint (``/health`` excluded), including error-injected ones."
+    )
 
     @property
     def hits_by_path(self) -> dict[str, int]:
@@ -585,11 +599,7 @@ class FakeLLMAPI:
         with self._lock:
             return list(self._seen_bodies)
 
-    @property
-    def rate_limited(self) -> int:
-        """Requests answered 429 by the rate limit (injected 429s not included)."""
-        with self._lock:
-            return self._rate_limited
+    rate_limited = _Count("Requests answered 429 by the rate limit (injected 429s not included).")
 
     def bill(self, api_key: str | None = None) -> Bill:
         """What ``api_key`` was charged, or every key together when None."""
@@ -598,32 +608,17 @@ class FakeLLMAPI:
                 return self._bills.get(api_key, Bill())
             return sum(self._bills.values(), Bill())
 
-    @property
-    def held(self) -> int:
-        """Requests waiting on ``hold`` right now (counted, not yet answered)."""
-        with self._lock:
-            return self._held
+    held = _Count("Requests waiting on ``hold`` right now (counted, not yet answered).")
 
-    @property
-    def open_streams(self) -> int:
-        with self._lock:
-            return self._open_streams
+    open_streams = _Count("Streams begun and not yet ended.")
 
-    @property
-    def streams_started(self) -> int:
-        with self._lock:
-            return self._streams_started
+    streams_started = _Count("Streams begun.")
 
-    @property
-    def streams_completed(self) -> int:
-        with self._lock:
-            return self._streams_completed
+    streams_completed = _Count("Streams that sent their last event.")
 
-    @property
-    def streams_aborted(self) -> int:
-        """Streams that ended before their last event was sent (client went away, or server shutdown)."""
-        with self._lock:
-            return self._streams_aborted
+    streams_aborted = _Count(
+        "Streams that ended before their last event was sent (client went away, or server shutdown)."
+    )
 
     # -------------------------------------------------------------------------------------------- control
 
