@@ -47,8 +47,9 @@ class Rig:
     server: RedisServer
     proxy: FaultProxy
     start: StartRedis
-    #: Looks at the clients before the fault, straight to Redis (not through the proxy).
-    watcher: redis.Redis
+    #: Looks at the clients before the fault, straight to Redis (not through the proxy);
+    #: opened by the first look.
+    watcher: redis.Redis | None = None
 
     def client(self) -> redis.Redis:
         """A client of the test's own, straight to Redis (not through the proxy)."""
@@ -56,6 +57,8 @@ class Rig:
 
     def following(self, name: str) -> bool:
         """Whether the transport whose backend is *name* is blocked reading a leader's stream."""
+        if self.watcher is None:
+            self.watcher = self.client()
         return blocked_readers(self.watcher, name) == 1
 
     def leases(self) -> list[bytes]:
@@ -71,9 +74,10 @@ class Rig:
 def rig(redis_server: StartRedis) -> Iterator[Rig]:
     server = redis_server()
     proxy = FaultProxy(server.port)
-    rig = Rig(server, proxy, redis_server, redis.Redis.from_url(server.url, socket_timeout=5))
+    rig = Rig(server, proxy, redis_server)
     yield rig
-    rig.watcher.close()
+    if rig.watcher is not None:
+        rig.watcher.close()
     proxy.close()
 
 
@@ -324,12 +328,14 @@ def test_a_fleet_of_processes_rides_out_a_redis_fault_with_one_upstream_call(
     until_sync(lambda: upstream.total == 1, PATIENCE)
     others = [start(kind) for kind in KINDS[1:]]
     workers = [leader, *others]
+    watcher = rig.client()
 
     def ready() -> bool:
         waiting = all(w.has("first") for w in workers) if streamed else joined(workers)
-        return waiting and blocked_readers(rig.watcher, "blip:fleet") == len(others)
+        return waiting and blocked_readers(watcher, "blip:fleet") == len(others)
 
     until_sync(ready, PATIENCE)
+    watcher.close()
     [token] = rig.leases()
     if fault == "restart":
         rig.proxy.reset()
