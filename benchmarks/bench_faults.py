@@ -27,7 +27,6 @@ import logging
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -48,6 +47,8 @@ from starlette.routing import Route
 from httpx_coalesce import CoalescingTransport
 from httpx_coalesce._demo.server import LocalServer
 from httpx_coalesce.redis import RedisBackend
+
+from .workers import emit, workers
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "faults.json"
@@ -99,10 +100,6 @@ class Upstream:
 # -- a worker process ------------------------------------------------------------------
 
 
-def emit(event: str, **fields: Any) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
-
-
 async def worker(config: dict[str, Any]) -> None:
     backend = None
     if config["redis"]:
@@ -150,37 +147,6 @@ async def worker(config: dict[str, Any]) -> None:
 
 
 # -- the coordinator -------------------------------------------------------------------
-
-
-class Process:
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.bench_faults", "--worker", json.dumps(config)],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-
-    def expect(self, event: str) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker exited with {self.process.wait()}")
-        message: dict[str, Any] = json.loads(line)
-        if message["event"] != event:
-            raise RuntimeError(f"expected {event}, got {message}")
-        return message
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            assert self.process.stdin is not None
-            self.process.stdin.close()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        self.process.wait()
 
 
 def _fault_tools() -> tuple[Any, Any]:
@@ -322,7 +288,6 @@ def run(fault: str, mode: str, with_redis: bool, args: argparse.Namespace, serve
     make_rig, inject = FAULTS[fault]
     rig = make_rig() if with_redis else None
     prefix = f"bench{uuid.uuid4().hex[:8]}:"
-    processes: list[Process] = []
     started = time.monotonic()
     try:
         config = {
@@ -335,19 +300,15 @@ def run(fault: str, mode: str, with_redis: bool, args: argparse.Namespace, serve
             "callers": args.callers,
             "keys": args.keys,
         }
-        processes = [Process(config) for _ in range(args.processes)]
-        for process in processes:
-            process.expect("waiting")
-        # Followers in other processes are blocked in Redis by now, or soon: the
-        # fault must meet them there, not on their way in.
-        time.sleep(0.3)
-        if rig is not None and inject is not None:
-            inject(rig)
-        upstream_gate.set()
-        dones = [process.expect("done") for process in processes]
+        with workers("benchmarks.bench_faults", config, args.processes, "waiting") as processes:
+            # Followers in other processes are blocked in Redis by now, or soon: the
+            # fault must meet them there, not on their way in.
+            time.sleep(0.3)
+            if rig is not None and inject is not None:
+                inject(rig)
+            upstream_gate.set()
+            dones = [process.expect("done") for process in processes]
     finally:
-        for process in processes:
-            process.stop()
         if rig is not None:
             rig.close()
     results = [(elapsed, error) for done in dones for elapsed, error in done["results"]]

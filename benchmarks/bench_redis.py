@@ -1,8 +1,7 @@
 """Fleet-wide coalescing through Redis: upstream calls, follower latency, and overhead.
 
-Run from the repository root: ``python -m benchmarks.bench_redis`` (or
-``python benchmarks/bench_redis.py``). Writes ``benchmarks/results/redis.json`` and prints
-a Markdown table. Takes well under two minutes.
+Run from the repository root: ``python -m benchmarks.bench_redis``. Writes
+``benchmarks/results/redis.json`` and prints a Markdown table. Takes well under two minutes.
 
 What it measures:
 
@@ -50,6 +49,8 @@ from httpx_coalesce import CoalescingTransport
 from httpx_coalesce._demo.server import LocalServer
 from httpx_coalesce.redis import RedisBackend
 
+from .workers import WorkerProcess, emit, workers
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "redis.json"
 PAYLOAD = {
@@ -80,10 +81,6 @@ class Upstream:
 
 
 # -- a worker process ------------------------------------------------------------------
-
-
-def emit(event: str, **fields: Any) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
 
 
 async def worker(config: dict[str, Any]) -> None:
@@ -145,40 +142,6 @@ async def unique_keys(fleet: httpx.AsyncClient, alone: httpx.AsyncClient, url: s
 # -- the coordinator -------------------------------------------------------------------
 
 
-class Process:
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(config)],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-
-    def send(self, **command: Any) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(command) + "\n")
-        self.process.stdin.flush()
-
-    def expect(self, event: str) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker exited with {self.process.wait()}")
-        message: dict[str, Any] = json.loads(line)
-        if message["event"] != event:
-            raise RuntimeError(f"expected {event}, got {message}")
-        return message
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.send(cmd="quit")
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
 def blocked(client: redis.Redis, name: str) -> int:
     return sum(
         1 for entry in client.client_list() if entry.get("name") == name and "b" in entry.get("flags", "")
@@ -194,7 +157,12 @@ def until(condition: Any, timeout: float = 30.0) -> None:
 
 
 def fleet_rounds(
-    processes: list[Process], upstream: Upstream, observer: redis.Redis, name: str, callers: int, rounds: int
+    processes: list[WorkerProcess],
+    upstream: Upstream,
+    observer: redis.Redis,
+    name: str,
+    callers: int,
+    rounds: int,
 ) -> dict[str, Any]:
     first_added: list[float] = []
     median_added: list[float] = []
@@ -326,20 +294,15 @@ def main() -> None:
     prefix = f"bench:{uuid.uuid4().hex[:8]}:"
     name = f"{prefix}worker"
     observer = redis.Redis.from_url(redis_url)
-    processes: list[Process] = []
     try:
         with LocalServer(upstream.app) as server:
             config = {"redis": redis_url, "prefix": prefix, "name": name, "url": f"{server.url}/answer"}
-            processes = [Process(config) for _ in range(args.processes)]
-            for process in processes:
-                process.expect("ready")
-            crowd = fleet_rounds(processes, upstream, observer, name, args.callers, args.rounds)
-            pair = fleet_rounds(processes, upstream, observer, name, 1, args.rounds)
-            processes[0].send(cmd="unique", count=args.unique)
-            unique = processes[0].expect("unique")
+            with workers("benchmarks.bench_redis", config, args.processes, "ready") as processes:
+                crowd = fleet_rounds(processes, upstream, observer, name, args.callers, args.rounds)
+                pair = fleet_rounds(processes, upstream, observer, name, 1, args.rounds)
+                processes[0].send(cmd="unique", count=args.unique)
+                unique = processes[0].expect("unique")
     finally:
-        for process in processes:
-            process.stop()
         observer.close()
         if redis_process is not None:
             redis_process.kill()
