@@ -67,6 +67,14 @@ async def finished_round(
     return FlightKeys(prefix, key), token
 
 
+def plant_round(redis_client: redis.Redis, keys: FlightKeys, token: str, kind: str, data: str) -> None:
+    """A round no leader of ours started: the key's lease holds *token*, and the round's
+    stream has one record (of type *kind*) and the usual expiry."""
+    redis_client.set(keys.lease, token, px=60_000)
+    redis_client.xadd(keys.stream(token), {"t": kind, "d": data})
+    redis_client.pexpire(keys.stream(token), 30_000)
+
+
 async def get_past_a_planted_lease(
     transport: CoalescingTransport, url: str, keys: FlightKeys, redis_client: redis.Redis
 ) -> httpx.Response:

@@ -26,6 +26,7 @@ from .members import (
     following,
     get_past_a_planted_lease,
     lead_and_follow,
+    plant_round,
     play_round,
     records,
     streaming,
@@ -690,9 +691,7 @@ async def test_late_follower_of_a_replaced_round_gets_the_successors_response(
         make_transport(backend=backend(redis_url, prefix, "a")), url, redis_client, prefix
     )
     dead = "0123456789abcdef"
-    redis_client.set(keys.lease, dead, px=60_000)
-    redis_client.xadd(keys.stream(dead), {"t": "m", "d": finished})
-    redis_client.pexpire(keys.stream(dead), 30_000)
+    plant_round(redis_client, keys, dead, "m", finished)
 
     late = make_transport(backend=backend(redis_url, prefix, "late"))
     response = await get_past_a_planted_lease(late, url, keys, redis_client)

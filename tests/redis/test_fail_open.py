@@ -20,7 +20,15 @@ from ..conftest import until
 from ..support.redis_server import closed_port_url
 from ..upstream import Upstream
 from .conftest import StartRedis, blocked_readers
-from .members import Outcome, backend, finished_round, get_past_a_planted_lease, lead_and_follow, streaming
+from .members import (
+    Outcome,
+    backend,
+    finished_round,
+    get_past_a_planted_lease,
+    lead_and_follow,
+    plant_round,
+    streaming,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -171,9 +179,7 @@ async def test_a_stream_no_leader_of_ours_wrote_fails_open(
         make_transport(backend=backend(redis_url, prefix, "a")), url, redis_client, prefix
     )
     token = "fedcba9876543210"
-    redis_client.set(keys.lease, token, px=60_000)
-    redis_client.xadd(keys.stream(token), {"t": "c", "d": "a body without a head"})
-    redis_client.pexpire(keys.stream(token), 30_000)
+    plant_round(redis_client, keys, token, "c", "a body without a head")
     transport = make_transport(backend=backend(redis_url, prefix, "b"))
     assert (await get_past_a_planted_lease(transport, url, keys, redis_client)).status_code == 200
     assert (transport.stats().upstream_calls, transport.stats().redis_errors) == (1, 1)
