@@ -30,7 +30,7 @@ import redis.cluster
 
 from ._errors import Garbage, RedisTrouble
 from ._names import is_token, tag_of
-from ._patience import LoopWatch, patiently
+from ._patience import LoopWatch, Silent, patiently
 from ._reader import (
     READ_COUNT,
     AsyncioReader,
@@ -531,7 +531,7 @@ class AsyncioOps:
                 self._answered()
             except RedisTrouble as trouble:
                 failed = batch
-                if isinstance(trouble.__cause__, redis.exceptions.TimeoutError):
+                if self._silent(trouble):
                     # Redis said nothing for a whole timeout: what queued behind this
                     # pipeline would go to the same silent Redis, a timeout per pipeline
                     # (a burst of thousands, dozens in a row). It fails now, as a flight
@@ -552,6 +552,14 @@ class AsyncioOps:
             # Nobody is left waiting, even if this task was cancelled (closing).
             for call in batch:
                 _fail(call.future, RedisTrouble("the backend is closed"))
+
+    def _silent(self, trouble: RedisTrouble) -> bool:
+        """Whether *trouble* says Redis was silent, not that this loop was too busy to
+        hear it (then what queued may still be heard: it goes in the next pipeline)."""
+        if self._timeout is None:
+            # The client's own socket timeouts: they cannot tell.
+            return isinstance(trouble.__cause__, redis.exceptions.TimeoutError)
+        return isinstance(trouble.__cause__, Silent)
 
     async def _pipelined(self, batch: list[_Call]) -> list[list[Any]]:
         pipe = self._commands.pipeline(transaction=False)

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import redis.exceptions
 
-__all__ = ["BACKSTOP", "LATE_TURNS", "LoopWatch", "cap_for", "patiently"]
+__all__ = ["BACKSTOP", "LATE_TURNS", "LoopWatch", "Silent", "cap_for", "patiently"]
 
 #: Seconds: the socket timeouts of the asyncio clients a backend makes itself. Only a
 #: command that escaped the patient timeout below would ever meet it.
@@ -42,6 +42,11 @@ LATE_TURNS = 6
 TICK = 0.025
 
 T = TypeVar("T")
+
+
+class Silent(redis.exceptions.TimeoutError):
+    """Redis said nothing for a whole timeout while the event loop was free to hear it:
+    Redis's fault, not this process's (a subclass, so telemetry still names a timeout)."""
 
 
 class LoopWatch:
@@ -115,7 +120,7 @@ async def _patiently(
 ) -> T:
     task: asyncio.Future[T] = loop.create_task(work)
     start = loop.time()
-    expired: asyncio.Future[str] = loop.create_future()
+    expired: asyncio.Future[tuple[str, bool]] = loop.create_future()
     timers: list[asyncio.TimerHandle] = []
     late_turns = 0
 
@@ -128,14 +133,15 @@ async def _patiently(
                 # What arrived meanwhile is read in the loop's next turn.
                 timers.append(loop.call_at(now + timeout, due, now + timeout))
                 return
-            why = f"{LATE_TURNS} turns of a busy event loop"
+            why, silent = f"{LATE_TURNS} turns of a busy event loop", False
         elif now - watch.heard < timeout and now - start < cap and cap > timeout:
             timers.append(loop.call_at(now + timeout, due, now + timeout))
             return
         else:
-            why = f"{timeout} s of a free event loop" if now - start < cap else f"{cap} s"
+            silent = now - start < cap
+            why = f"{timeout} s of a free event loop" if silent else f"{cap} s"
         if not expired.done():
-            expired.set_result(why)
+            expired.set_result((why, silent))
 
     timers.append(loop.call_at(start + timeout, due, start + timeout))
     waited: set[asyncio.Future[Any]] = {task, expired}
@@ -155,6 +161,7 @@ async def _patiently(
     await asyncio.wait({task})
     if task.cancelled():
         # redis-py's own class: telemetry names a timeout the same, whoever noticed it.
-        raise redis.exceptions.TimeoutError(f"no answer from Redis within {expired.result()}")
+        why, silent = expired.result()
+        raise (Silent if silent else redis.exceptions.TimeoutError)(f"no answer from Redis within {why}")
     # It finished (or failed) while being cancelled: that answer is as good as any.
     return task.result()

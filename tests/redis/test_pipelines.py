@@ -10,6 +10,8 @@ timeout per pipeline.
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -138,6 +140,43 @@ async def test_a_silent_redis_fails_a_queued_burst_at_its_first_timeout(hung_red
     assert all("no answer from Redis" in why for why in failed), set(failed)
     # The first wave only: one connection per pipeline out.
     assert hung_redis.connections == PIPELINES
+
+
+async def test_a_loop_too_busy_to_hear_redis_sends_what_queued_in_the_next_pipelines(
+    hung_redis: FakeRedis,
+) -> None:
+    """The other side of the rule above: a timeout that says this loop was busy, not
+    that Redis was silent, leaves what queued to the next pipelines, which may be heard."""
+    client = redis.asyncio.Redis.from_url(hung_redis.url, socket_timeout=30, socket_connect_timeout=30)
+    ops = AsyncioOps(client, client, 0.05, timeout=0.1, cap=0.4)
+    loop = asyncio.get_running_loop()
+    busy = True
+
+    def keep_busy() -> None:
+        # The loop's thread does something else: no timer runs on time.
+        time.sleep(0.06)
+        if busy:
+            loop.call_soon(keep_busy)
+
+    failed: list[str] = []
+
+    async def elect(lease: Lease) -> None:
+        with pytest.raises(RedisTrouble) as trouble:
+            await ops.acquire(lease, 5000)
+        failed.append(str(trouble.value))
+
+    loop.call_soon(keep_busy)
+    try:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as group:
+                # One call more than the first pipelines carry: a second wave.
+                for lease in _leases(PIPELINES * BATCH + 1):
+                    group.start_soon(elect, lease)
+    finally:
+        busy = False
+        await ops.aclose()
+    assert all("busy event loop" in why for why in failed), set(failed)
+    assert hung_redis.connections == PIPELINES + 1
 
 
 async def test_elections_at_once_on_a_fresh_cluster_client_all_reach_the_cluster(
