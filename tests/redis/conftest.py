@@ -17,11 +17,14 @@ from typing import Any
 import pytest
 import redis
 
+from httpx_coalesce import CoalescingTransport
 from httpx_coalesce.redis._settings import Settings
 
 from ..conftest import until_sync
 from ..support.ports import free_port as free_port  # re-exported: fleet fixture modules import it from here
 from ..support.redis_server import RedisServer
+from .members import Members
+from .members import blocked_readers as blocked_readers  # re-exported: test modules import it from here
 
 # The real topologies (Cluster, Sentinel, Valkey): session fixtures of servers.py.
 from .servers import redis_cluster as redis_cluster
@@ -58,6 +61,14 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
+def member(
+    redis_url: str, prefix: str, redis_client: redis.Redis, make_transport: Callable[..., CoalescingTransport]
+) -> Members:
+    """Makes members of this test's fleet (transports with backends of their own)."""
+    return Members(redis_url, prefix, redis_client, make_transport)
+
+
+@pytest.fixture
 def prefix(redis_client: redis.Redis) -> Iterator[str]:
     """A key prefix of this test's own. Afterwards no lease may be left, and every
     stream must be on its way out (a TTL no longer than the stream expiry)."""
@@ -73,13 +84,6 @@ def prefix(redis_client: redis.Redis) -> Iterator[str]:
     finally:
         if keys:
             redis_client.delete(*keys)
-
-
-def blocked_readers(client: redis.Redis, name: str) -> int:
-    """Connections named *name* blocked in a read: followers waiting on a leader."""
-    return sum(
-        1 for entry in client.client_list() if entry.get("name") == name and "b" in entry.get("flags", "")
-    )
 
 
 class Worker:

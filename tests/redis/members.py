@@ -19,15 +19,21 @@ import anyio
 import httpx
 import redis
 
-from httpx_coalesce import CoalescingTransport
+from httpx_coalesce import CoalescingTransport, Limits
 from httpx_coalesce.redis import RedisBackend
 from httpx_coalesce.redis._names import FlightKeys
 
 from ..conftest import until
-from .conftest import blocked_readers
 
 #: What each member's caller does: (its member's name, "leader" or "follower"; its client).
 Call = Callable[[str, Any], Coroutine[Any, Any, None]]
+
+
+def blocked_readers(client: redis.Redis, name: str) -> int:
+    """Connections named *name* blocked in a read: followers waiting on a leader."""
+    return sum(
+        1 for entry in client.client_list() if entry.get("name") == name and "b" in entry.get("flags", "")
+    )
 
 
 def backend(redis_url: str, prefix: str, name: str, **options: Any) -> RedisBackend:
@@ -37,6 +43,38 @@ def backend(redis_url: str, prefix: str, name: str, **options: Any) -> RedisBack
 def following(redis_client: redis.Redis, prefix: str, name: str) -> Callable[[], bool]:
     """Whether the transport whose backend is *name* is blocked reading a leader's stream."""
     return lambda: blocked_readers(redis_client, f"{prefix}{name}") == 1
+
+
+class Members:
+    """The ``member`` fixture: ``member(name)`` makes a member of the test's fleet (a
+    transport, over *transport* and within *limits* if given, with a backend of its own
+    named *name*, with *options*)."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        prefix: str,
+        redis_client: redis.Redis,
+        make_transport: Callable[..., CoalescingTransport],
+    ) -> None:
+        self._redis_url = redis_url
+        self._prefix = prefix
+        self._redis_client = redis_client
+        self._make_transport = make_transport
+
+    def __call__(
+        self, name: str, *, transport: Any = None, limits: Limits | None = None, **options: Any
+    ) -> CoalescingTransport:
+        extra: dict[str, Any] = {}
+        if transport is not None:
+            extra["transport"] = transport
+        if limits is not None:
+            extra["limits"] = limits
+        return self._make_transport(backend=backend(self._redis_url, self._prefix, name, **options), **extra)
+
+    def following(self, name: str) -> Callable[[], bool]:
+        """Whether the member *name* is blocked reading a leader's stream."""
+        return following(self._redis_client, self._prefix, name)
 
 
 def records(redis_client: redis.Redis, prefix: str) -> dict[str, list[tuple[bytes, bytes]]]:

@@ -20,10 +20,10 @@ from httpx_coalesce import CoalescingTransport, Limits
 from ..conftest import until, until_sync
 from ..upstream import Upstream
 from .members import (
+    Members,
     Outcome,
     backend,
     finished_round,
-    following,
     get_past_a_planted_lease,
     lead_and_follow,
     plant_round,
@@ -73,16 +73,10 @@ class Counting:
 
 
 async def test_two_transports_make_one_upstream_call(
-    lib: ModuleType,
-    upstream: Upstream,
-    base_url: str,
-    redis_url: str,
-    prefix: str,
-    redis_client: redis.Redis,
-    make_transport: MakeTransport,
+    lib: ModuleType, upstream: Upstream, base_url: str, member: Members
 ) -> None:
-    leader = make_transport(backend=backend(redis_url, prefix, "leader"))
-    follower = make_transport(backend=backend(redis_url, prefix, "follower"))
+    leader = member("leader")
+    follower = member("follower")
     upstream.hold()
     bodies: list[bytes] = []
     async with (
@@ -101,7 +95,7 @@ async def test_two_transports_make_one_upstream_call(
             await until(lambda: upstream.hits["/echo"] == 1)
             for _ in range(3):
                 group.start_soon(call, second)
-            await until(following(redis_client, prefix, "follower"))
+            await until(member.following("follower"))
             upstream.gate.set()
 
     assert upstream.hits["/echo"] == 1
@@ -115,15 +109,10 @@ async def test_two_transports_make_one_upstream_call(
 
 
 def test_sync_clients_in_two_transports_make_one_upstream_call(
-    upstream: Upstream,
-    base_url: str,
-    redis_url: str,
-    prefix: str,
-    redis_client: redis.Redis,
-    make_transport: MakeTransport,
+    upstream: Upstream, base_url: str, member: Members
 ) -> None:
-    leader = make_transport(backend=backend(redis_url, prefix, "leader"))
-    follower = make_transport(backend=backend(redis_url, prefix, "follower"))
+    leader = member("leader")
+    follower = member("follower")
     upstream.hold()
     bodies: list[bytes] = []
     with (
@@ -141,7 +130,7 @@ def test_sync_clients_in_two_transports_make_one_upstream_call(
         threads += [threading.Thread(target=call, args=(second,)) for _ in range(3)]
         for thread in threads[3:]:
             thread.start()
-        until_sync(following(redis_client, prefix, "follower"))
+        until_sync(member.following("follower"))
         upstream.gate.set()
         for thread in threads:
             thread.join()
@@ -153,15 +142,10 @@ def test_sync_clients_in_two_transports_make_one_upstream_call(
 
 
 async def test_streamed_response_reaches_a_follower_live(
-    upstream: Upstream,
-    base_url: str,
-    redis_url: str,
-    prefix: str,
-    redis_client: redis.Redis,
-    make_transport: MakeTransport,
+    upstream: Upstream, base_url: str, member: Members
 ) -> None:
-    leader = make_transport(backend=backend(redis_url, prefix, "leader"))
-    follower = make_transport(backend=backend(redis_url, prefix, "follower"))
+    leader = member("leader")
+    follower = member("follower")
     upstream.hold()
     firsts: list[bytes] = []
     bodies: list[bytes] = []
@@ -192,11 +176,11 @@ async def test_streamed_response_reaches_a_follower_live(
 
 
 async def test_upstream_connect_error_reaches_followers_as_the_same_class(
-    lib: ModuleType, redis_url: str, prefix: str, redis_client: redis.Redis, make_transport: MakeTransport
+    lib: ModuleType, member: Members
 ) -> None:
     upstream = GatedFailure("[Errno 111] Connection refused")
-    leader = make_transport(transport=upstream, backend=backend(redis_url, prefix, "leader"))
-    follower = make_transport(backend=backend(redis_url, prefix, "follower"))
+    leader = member("leader", transport=upstream)
+    follower = member("follower")
     errors: dict[str, BaseException] = {}
     # Both clients send the same headers, so the two libraries share one key (their
     # default Accept-Encoding differs when one of them can decode zstd).
@@ -217,7 +201,7 @@ async def test_upstream_connect_error_reaches_followers_as_the_same_class(
             second,
             call,
             arrived=upstream.arrived.is_set,
-            following=following(redis_client, prefix, "follower"),
+            following=member.following("follower"),
             release=upstream.release.set,
         )
 
@@ -231,13 +215,13 @@ async def test_upstream_connect_error_reaches_followers_as_the_same_class(
 
 
 async def test_a_base_exception_in_the_leading_process_fails_followers_elsewhere_without_a_second_call(
-    lib: ModuleType, redis_url: str, prefix: str, redis_client: redis.Redis, make_transport: MakeTransport
+    lib: ModuleType, member: Members
 ) -> None:
     abort = Abort("stop")
     upstream = GatedFailure("", error=abort)
-    leader = make_transport(transport=upstream, backend=backend(redis_url, prefix, "leader"))
+    leader = member("leader", transport=upstream)
     second_upstream = Counting()
-    follower = make_transport(transport=second_upstream, backend=backend(redis_url, prefix, "follower"))
+    follower = member("follower", transport=second_upstream)
     errors: dict[str, BaseException] = {}
     headers = {"user-agent": "test", "accept-encoding": "gzip"}
     async with (
@@ -256,7 +240,7 @@ async def test_a_base_exception_in_the_leading_process_fails_followers_elsewhere
             second,
             call,
             arrived=upstream.arrived.is_set,
-            following=following(redis_client, prefix, "follower"),
+            following=member.following("follower"),
             release=upstream.release.set,
         )
 
@@ -270,15 +254,10 @@ async def test_a_base_exception_in_the_leading_process_fails_followers_elsewhere
 
 @asyncio_only
 async def test_upstream_failure_mid_stream_reaches_a_streaming_follower_after_its_bytes(
-    upstream: Upstream,
-    base_url: str,
-    redis_url: str,
-    prefix: str,
-    redis_client: redis.Redis,
-    make_transport: MakeTransport,
+    upstream: Upstream, base_url: str, member: Members
 ) -> None:
-    leader = make_transport(backend=backend(redis_url, prefix, "leader"))
-    follower = make_transport(backend=backend(redis_url, prefix, "follower"))
+    leader = member("leader")
+    follower = member("follower")
     upstream.hold()
     outcomes: dict[str, Outcome] = {}
     await lead_and_follow(
@@ -287,7 +266,7 @@ async def test_upstream_failure_mid_stream_reaches_a_streaming_follower_after_it
         base_url,
         streaming("/sse?events=5&hold=1&fail=2", outcomes, httpx.TransportError),
         arrived=upstream.holding.is_set,
-        following=following(redis_client, prefix, "follower"),
+        following=member.following("follower"),
         release=upstream.gate.set,
     )
 
@@ -305,8 +284,7 @@ async def leader_leaves_while_a_follower_waits(
     follower: CoalescingTransport,
     upstream: Upstream,
     base_url: str,
-    redis_client: redis.Redis,
-    prefix: str,
+    member: Members,
     before_answer: Callable[[], None] | None = None,
 ) -> list[bytes]:
     """The leading process's callers all leave while the follower's process follows the
@@ -327,7 +305,7 @@ async def leader_leaves_while_a_follower_waits(
                 leader_callers.start_soon(call, first)
                 await until(lambda: upstream.hits["/echo"] == 1)
                 group.start_soon(call, second)
-                await until(following(redis_client, prefix, "follower"))
+                await until(member.following("follower"))
                 leader_callers.cancel_scope.cancel()
             await until(lambda: leader.stats().cancelled_flights == 1)
             if before_answer is not None:
@@ -338,20 +316,13 @@ async def leader_leaves_while_a_follower_waits(
 
 @asyncio_only
 async def test_leader_whose_callers_all_leave_keeps_its_call_for_a_follower_elsewhere(
-    upstream: Upstream,
-    base_url: str,
-    redis_url: str,
-    prefix: str,
-    redis_client: redis.Redis,
-    make_transport: MakeTransport,
+    upstream: Upstream, base_url: str, member: Members
 ) -> None:
-    leader = make_transport(backend=backend(redis_url, prefix, "leader"))
-    follower = make_transport(backend=backend(redis_url, prefix, "follower"))
+    leader = member("leader")
+    follower = member("follower")
     # The leading process's flight is gone, its upstream call is not: a process still
     # follows it, and would otherwise send the call a second time.
-    bodies = await leader_leaves_while_a_follower_waits(
-        leader, follower, upstream, base_url, redis_client, prefix
-    )
+    bodies = await leader_leaves_while_a_follower_waits(leader, follower, upstream, base_url, member)
 
     assert len(bodies) == 1
     assert orjson.loads(bodies[0])["hit"] == 1
@@ -366,14 +337,14 @@ async def test_leader_whose_callers_all_left_writes_its_last_records_while_it_lo
     base_url: str,
     redis_url: str,
     prefix: str,
-    redis_client: redis.Redis,
     make_transport: MakeTransport,
     monkeypatch: pytest.MonkeyPatch,
+    member: Members,
 ) -> None:
     # A short lease: the leader looks for followers every half heartbeat (0.1 s here).
     leading = backend(redis_url, prefix, "leader", lease=0.6)
     leader = make_transport(backend=leading)
-    follower = make_transport(backend=backend(redis_url, prefix, "follower"))
+    follower = member("follower")
 
     def slow_last_write_until_the_next_look() -> None:
         # The write of the response's records (one, with the end) lasts until the
@@ -398,7 +369,7 @@ async def test_leader_whose_callers_all_left_writes_its_last_records_while_it_lo
         monkeypatch.setattr(ops, "append", slow_last_write)
 
     bodies = await leader_leaves_while_a_follower_waits(
-        leader, follower, upstream, base_url, redis_client, prefix, slow_last_write_until_the_next_look
+        leader, follower, upstream, base_url, member, slow_last_write_until_the_next_look
     )
 
     assert len(bodies) == 1
@@ -409,16 +380,11 @@ async def test_leader_whose_callers_all_left_writes_its_last_records_while_it_lo
 
 @asyncio_only
 async def test_leader_keeps_its_call_while_a_second_follower_takes_over_from_one_that_left(
-    upstream: Upstream,
-    base_url: str,
-    redis_url: str,
-    prefix: str,
-    redis_client: redis.Redis,
-    make_transport: MakeTransport,
+    upstream: Upstream, base_url: str, prefix: str, redis_client: redis.Redis, member: Members
 ) -> None:
-    leader = make_transport(backend=backend(redis_url, prefix, "leader"))
-    first_follower = make_transport(backend=backend(redis_url, prefix, "first"))
-    second_follower = make_transport(backend=backend(redis_url, prefix, "second"))
+    leader = member("leader")
+    first_follower = member("first")
+    second_follower = member("second")
     upstream.hold()
     bodies: list[bytes] = []
 
@@ -439,9 +405,9 @@ async def test_leader_keeps_its_call_while_a_second_follower_takes_over_from_one
                 leaving.start_soon(call, leading)
                 await until(lambda: upstream.hits["/echo"] == 1)
                 leaving.start_soon(call, first)
-                await until(following(redis_client, prefix, "first"))
+                await until(member.following("first"))
                 group.start_soon(call, second)
-                await until(following(redis_client, prefix, "second"))
+                await until(member.following("second"))
                 # While the leader's own callers stay, followers mark nothing.
                 assert not watched()
                 # The leader's callers and the first follower go: the leader asks its
@@ -461,14 +427,10 @@ async def test_leader_keeps_its_call_while_a_second_follower_takes_over_from_one
 
 @asyncio_only
 async def test_leader_whose_callers_all_leave_stops_its_call_when_nobody_follows(
-    upstream: Upstream,
-    base_url: str,
-    redis_url: str,
-    prefix: str,
-    make_transport: MakeTransport,
+    upstream: Upstream, base_url: str, member: Members
 ) -> None:
     # A short lease: the leader looks for followers every half heartbeat (0.1 s here).
-    leader = make_transport(backend=backend(redis_url, prefix, "leader", lease=0.6))
+    leader = member("leader", lease=0.6)
     upstream.hold()
     async with httpx.AsyncClient(transport=leader, base_url=base_url) as client:
         async with anyio.create_task_group() as callers:
@@ -482,17 +444,12 @@ async def test_leader_whose_callers_all_leave_stops_its_call_when_nobody_follows
 
 @asyncio_only
 async def test_follower_not_yet_answered_sends_its_own_request_when_the_body_is_too_large(
-    upstream: Upstream,
-    base_url: str,
-    redis_url: str,
-    prefix: str,
-    redis_client: redis.Redis,
-    make_transport: MakeTransport,
+    upstream: Upstream, base_url: str, prefix: str, redis_client: redis.Redis, member: Members
 ) -> None:
     # The leader publishes at most its max_body_bytes. This follower buffers a body of
     # this length (its own limit is larger), so it has handed nothing out yet.
-    leader = make_transport(backend=backend(redis_url, prefix, "leader"), limits=Limits(max_body_bytes=1000))
-    follower = make_transport(backend=backend(redis_url, prefix, "follower"))
+    leader = member("leader", limits=Limits(max_body_bytes=1000))
+    follower = member("follower")
     upstream.hold()
     sizes: list[int] = []
 
@@ -505,7 +462,7 @@ async def test_follower_not_yet_answered_sends_its_own_request_when_the_body_is_
         base_url,
         call,
         arrived=lambda: upstream.hits["/big"] == 1,
-        following=following(redis_client, prefix, "follower"),
+        following=member.following("follower"),
         release=upstream.gate.set,
     )
 
@@ -518,15 +475,10 @@ async def test_follower_not_yet_answered_sends_its_own_request_when_the_body_is_
 
 @asyncio_only
 async def test_streaming_follower_gets_a_read_error_when_the_body_grows_too_large(
-    upstream: Upstream,
-    base_url: str,
-    redis_url: str,
-    prefix: str,
-    redis_client: redis.Redis,
-    make_transport: MakeTransport,
+    upstream: Upstream, base_url: str, member: Members
 ) -> None:
-    leader = make_transport(backend=backend(redis_url, prefix, "leader"), limits=Limits(max_body_bytes=500))
-    follower = make_transport(backend=backend(redis_url, prefix, "follower"))
+    leader = member("leader", limits=Limits(max_body_bytes=500))
+    follower = member("follower")
     upstream.hold()
     outcomes: dict[str, Outcome] = {}
     await lead_and_follow(
@@ -535,7 +487,7 @@ async def test_streaming_follower_gets_a_read_error_when_the_body_grows_too_larg
         base_url,
         streaming("/sse?events=3&hold=1&pad=300", outcomes, httpx.ReadError),
         arrived=upstream.holding.is_set,
-        following=following(redis_client, prefix, "follower"),
+        following=member.following("follower"),
         release=upstream.gate.set,
     )
 
@@ -551,16 +503,10 @@ async def test_streaming_follower_gets_a_read_error_when_the_body_grows_too_larg
 
 @asyncio_only
 async def test_leader_whose_lease_vanished_takes_it_back_and_keeps_its_follower(
-    upstream: Upstream,
-    base_url: str,
-    redis_url: str,
-    prefix: str,
-    redis_client: redis.Redis,
-    make_transport: MakeTransport,
+    upstream: Upstream, base_url: str, prefix: str, redis_client: redis.Redis, member: Members
 ) -> None:
-    options = {"lease": 1.0}
-    leader = make_transport(backend=backend(redis_url, prefix, "leader", **options))
-    follower = make_transport(backend=backend(redis_url, prefix, "follower", **options))
+    leader = member("leader", lease=1.0)
+    follower = member("follower", lease=1.0)
     upstream.hold()
     hits: dict[str, int] = {}
 
@@ -581,7 +527,7 @@ async def test_leader_whose_lease_vanished_takes_it_back_and_keeps_its_follower(
         base_url,
         call,
         arrived=lambda: upstream.hits["/echo"] == 1,
-        following=following(redis_client, prefix, "follower"),
+        following=member.following("follower"),
         release=upstream.gate.set,
         meanwhile=lose_the_lease,
     )
@@ -591,16 +537,10 @@ async def test_leader_whose_lease_vanished_takes_it_back_and_keeps_its_follower(
 
 @asyncio_only
 async def test_leader_whose_lease_another_took_ends_its_round_for_its_followers(
-    upstream: Upstream,
-    base_url: str,
-    redis_url: str,
-    prefix: str,
-    redis_client: redis.Redis,
-    make_transport: MakeTransport,
+    upstream: Upstream, base_url: str, prefix: str, redis_client: redis.Redis, member: Members
 ) -> None:
-    options = {"lease": 1.0}
-    leader = make_transport(backend=backend(redis_url, prefix, "leader", **options))
-    follower = make_transport(backend=backend(redis_url, prefix, "follower", **options))
+    leader = member("leader", lease=1.0)
+    follower = member("follower", lease=1.0)
     upstream.hold()
     hits: dict[str, int] = {}
     #: The lease's key, and the token the leader had written in it.
@@ -630,7 +570,7 @@ async def test_leader_whose_lease_another_took_ends_its_round_for_its_followers(
         base_url,
         call,
         arrived=lambda: upstream.hits["/echo"] == 1,
-        following=following(redis_client, prefix, "follower"),
+        following=member.following("follower"),
         release=upstream.gate.set,
         meanwhile=another_takes_the_lease,
     )
@@ -647,15 +587,10 @@ async def test_leader_whose_lease_another_took_ends_its_round_for_its_followers(
 
 @asyncio_only
 async def test_follower_stops_waiting_for_a_silent_leader_after_follower_wait(
-    upstream: Upstream,
-    base_url: str,
-    redis_url: str,
-    prefix: str,
-    redis_client: redis.Redis,
-    make_transport: MakeTransport,
+    upstream: Upstream, base_url: str, member: Members
 ) -> None:
-    leader = make_transport(backend=backend(redis_url, prefix, "leader"))
-    follower = make_transport(backend=backend(redis_url, prefix, "follower", follower_wait=0.2))
+    leader = member("leader")
+    follower = member("follower", follower_wait=0.2)
     upstream.hold()
 
     async def call(name: str, client: httpx.AsyncClient) -> None:
@@ -677,23 +612,16 @@ async def test_follower_stops_waiting_for_a_silent_leader_after_follower_wait(
 
 @asyncio_only
 async def test_late_follower_of_a_replaced_round_gets_the_successors_response(
-    upstream: Upstream,
-    base_url: str,
-    redis_url: str,
-    prefix: str,
-    redis_client: redis.Redis,
-    make_transport: MakeTransport,
+    upstream: Upstream, base_url: str, prefix: str, redis_client: redis.Redis, member: Members
 ) -> None:
     # A round that finished, then a dead round pointing to it, as a follower that
     # noticed its leader's death only after the successor was done would find them.
     url = f"{base_url}/echo"
-    keys, finished = await finished_round(
-        make_transport(backend=backend(redis_url, prefix, "a")), url, redis_client, prefix
-    )
+    keys, finished = await finished_round(member("a"), url, redis_client, prefix)
     dead = "0123456789abcdef"
     plant_round(redis_client, keys, dead, "m", finished)
 
-    late = make_transport(backend=backend(redis_url, prefix, "late"))
+    late = member("late")
     response = await get_past_a_planted_lease(late, url, keys, redis_client)
     assert orjson.loads(response.content)["hit"] == 1
     assert upstream.hits["/echo"] == 1
@@ -701,25 +629,18 @@ async def test_late_follower_of_a_replaced_round_gets_the_successors_response(
 
 
 async def test_nothing_secret_reaches_redis(
-    upstream: Upstream,
-    base_url: str,
-    redis_url: str,
-    prefix: str,
-    redis_client: redis.Redis,
-    make_transport: MakeTransport,
+    upstream: Upstream, base_url: str, prefix: str, redis_client: redis.Redis, member: Members
 ) -> None:
     secret = b"sk-live-0123456789"
     async with httpx.AsyncClient(
-        transport=make_transport(backend=backend(redis_url, prefix, "a")),
+        transport=member("a"),
         headers={"authorization": f"Bearer {secret.decode()}"},
     ) as client:
         # The echo answers with hashes of the credential and the body, never with them.
         await client.post(f"{base_url}/echo", json={"prompt": secret.decode()})
     failing = GatedFailure(f"cannot reach https://api.example.com/v1/models?key={secret.decode()}")
     failing.release.set()
-    async with httpx.AsyncClient(
-        transport=make_transport(transport=failing, backend=backend(redis_url, prefix, "b"))
-    ) as client:
+    async with httpx.AsyncClient(transport=member("b", transport=failing)) as client:
         with pytest.raises(httpx.ConnectError):
             await client.get("http://upstream.invalid/models")
 

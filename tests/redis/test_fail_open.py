@@ -21,8 +21,8 @@ from ..support.redis_server import closed_port_url
 from ..upstream import Upstream
 from .conftest import StartRedis, blocked_readers
 from .members import (
+    Members,
     Outcome,
-    backend,
     finished_round,
     get_past_a_planted_lease,
     lead_and_follow,
@@ -148,39 +148,25 @@ async def test_redis_answering_garbage_fails_open(
 
 @asyncio_only
 async def test_a_lease_no_leader_of_ours_wrote_fails_open(
-    upstream: Upstream,
-    base_url: str,
-    redis_url: str,
-    prefix: str,
-    redis_client: redis.Redis,
-    make_transport: MakeTransport,
+    upstream: Upstream, base_url: str, prefix: str, redis_client: redis.Redis, member: Members
 ) -> None:
     url = f"{base_url}/echo"
-    keys, _ = await finished_round(
-        make_transport(backend=backend(redis_url, prefix, "a")), url, redis_client, prefix
-    )
+    keys, _ = await finished_round(member("a"), url, redis_client, prefix)
     redis_client.set(keys.lease, "not a token", px=60_000)
-    transport = make_transport(backend=backend(redis_url, prefix, "b"))
+    transport = member("b")
     assert (await get_past_a_planted_lease(transport, url, keys, redis_client)).status_code == 200
     assert (transport.stats().upstream_calls, transport.stats().redis_errors) == (1, 1)
 
 
 @asyncio_only
 async def test_a_stream_no_leader_of_ours_wrote_fails_open(
-    upstream: Upstream,
-    base_url: str,
-    redis_url: str,
-    prefix: str,
-    redis_client: redis.Redis,
-    make_transport: MakeTransport,
+    upstream: Upstream, base_url: str, prefix: str, redis_client: redis.Redis, member: Members
 ) -> None:
     url = f"{base_url}/echo"
-    keys, _ = await finished_round(
-        make_transport(backend=backend(redis_url, prefix, "a")), url, redis_client, prefix
-    )
+    keys, _ = await finished_round(member("a"), url, redis_client, prefix)
     token = "fedcba9876543210"
     plant_round(redis_client, keys, token, "c", "a body without a head")
-    transport = make_transport(backend=backend(redis_url, prefix, "b"))
+    transport = member("b")
     assert (await get_past_a_planted_lease(transport, url, keys, redis_client)).status_code == 200
     assert (transport.stats().upstream_calls, transport.stats().redis_errors) == (1, 1)
 
