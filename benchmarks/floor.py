@@ -18,14 +18,21 @@ design, ours or another.
 Run alone (``python -m benchmarks.floor``), it measures ours against it in process, in
 alternating rounds of one run: unique keys one at a time, and 10,000 identical callers
 at once (where each caller alone, to an upstream answering at once, is what a follower
-is measured against).
+is measured against). With ``--instructions N`` it also counts, under valgrind's
+callgrind, the instructions each contender executes per request: on a shared machine
+the wall clock moves by more than the differences measured here; instruction counts
+do not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from types import ModuleType
@@ -120,6 +127,7 @@ async def unique_rounds(library: ModuleType, requests: int, rounds: int) -> dict
     try:
         for name in clients:  # warm: first-call costs are not per-request costs
             await one(name)
+        settle_pricing()
         return await alternate(list(clients), rounds, one)
     finally:
         for client in clients.values():
@@ -164,10 +172,133 @@ async def stampede_rounds(
     try:
         for name in clients:
             await one(name, 100)
+        settle_pricing()
         return await alternate(list(clients), rounds, one)
     finally:
         for client in clients.values():
             await client.aclose()
+
+
+def settle_pricing() -> None:
+    """Wait for the pricer's worker to price what the warm-up shared.
+
+    Its first job imports the price list (genai-prices, about 0.4 s of one CPU, once per
+    process) in a thread of its own; left running, that one-off cost lands in whatever
+    the measured rounds are doing, and reads as a per-request cost of ours.
+    """
+    from httpx_coalesce._cost import wait_priced
+
+    wait_priced(60.0)
+
+
+# -- instructions per request, under callgrind ------------------------------------------
+
+#: What each workload's contenders are: for callers at once, the bare client's caller
+#: alone to an upstream answering at once ("instant") is what a follower is measured against.
+_CONTENDERS = {"unique": ("bare", "floor", "ours"), "stampede": ("instant", "floor", "ours")}
+
+
+async def _count_once(library: ModuleType, contender: str, workload: str, count: int, send: bool) -> None:
+    """The work one process does under callgrind: warm up, let pricing settle, then
+    *count* requests (unique keys one at a time, or identical callers at once). With
+    *send* false, the same process sends none of them: the run that is subtracted, so
+    the difference is the requests' own cost, not the interpreter's start or the warm-up."""
+    from httpx_coalesce import CoalescingTransport
+
+    from .inprocess import InProcessUpstream
+    from .workloads import chat_payload
+
+    upstream = InProcessUpstream(library, delay=0.005 if contender in ("floor", "ours") else 0.0)
+    transport: Any = upstream
+    if contender == "floor":
+        transport = FloorTransport(upstream)
+    elif contender == "ours":
+        transport = CoalescingTransport(upstream)
+    # Under valgrind everything runs about fifty times slower: no deadline of the
+    # client's or ours may fall due and turn a follower into a caller of its own.
+    client = library.AsyncClient(transport=transport, timeout=library.Timeout(3600.0))
+    if workload == "unique":
+        warm = [orjson.dumps(chat_payload(f"warm-{i}", 1024)) for i in range(100)]
+        bodies = [orjson.dumps(chat_payload(f"count-{i}", 1024)) for i in range(count)]
+        for body in warm:
+            await client.post(_URL, content=body, headers=_HEADERS)
+        settle_pricing()
+        if send:
+            for body in bodies:
+                await client.post(_URL, content=body, headers=_HEADERS)
+    else:
+        body = orjson.dumps(chat_payload("floor-stampede", 1024))
+        await asyncio.gather(*(client.post(_URL, content=body, headers=_HEADERS) for _ in range(100)))
+        settle_pricing()
+        hits = upstream.hits
+        if send:
+            await asyncio.gather(*(client.post(_URL, content=body, headers=_HEADERS) for _ in range(count)))
+            if contender != "instant" and upstream.hits - hits != 1:
+                raise RuntimeError(f"{contender}: {upstream.hits - hits} upstream calls, not 1")
+    await client.aclose()
+
+
+def _instructions(library: str, contender: str, workload: str, count: int, send: bool) -> int:
+    """Instructions (callgrind's total) of one process running :func:`_count_once`."""
+    with tempfile.TemporaryDirectory() as directory:
+        out = os.path.join(directory, "callgrind.out")
+        command = [
+            "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+            sys.executable, "-m", "benchmarks.floor", "--library", library,
+            "--count-once", contender, workload, str(count), "send" if send else "idle",
+        ]  # fmt: skip
+        # A fixed hash seed: randomised hashing moves whole-run counts by more than
+        # the differences measured here.
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        subprocess.run(command, check=True, capture_output=True, env=env)
+        with open(out) as counts:
+            found = re.search(r"^(?:summary|totals): (\d+)", counts.read(), re.MULTILINE)
+        if found is None:
+            raise RuntimeError(f"no instruction total in callgrind's output for {contender} {workload}")
+        return int(found.group(1))
+
+
+def instructions_per_request(library: str, count: int) -> dict[str, dict[str, float]]:
+    """Instructions per request of each contender, by workload: a run of *count*
+    requests less the same run sending none, divided by *count*."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [
+        (workload, contender, send)
+        for workload, contenders in _CONTENDERS.items()
+        for contender in contenders
+        for send in (True, False)
+    ]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        totals = dict(
+            zip(
+                jobs,
+                pool.map(lambda job: _instructions(library, job[1], job[0], count, job[2]), jobs),
+                strict=True,
+            )
+        )
+    return {
+        workload: {
+            contender: (totals[workload, contender, True] - totals[workload, contender, False]) / count
+            for contender in contenders
+        }
+        for workload, contenders in _CONTENDERS.items()
+    }
+
+
+def _print_instructions(library: str, count: int, found: dict[str, dict[str, float]]) -> None:
+    print(f"{library}, instructions per request (callgrind, {count:,} requests less none):")
+    unique, stampede = found["unique"], found["stampede"]
+    print(f"  unique keys: bare {unique['bare'] / 1e3:,.0f}k, floor {unique['floor'] / 1e3:,.0f}k, "
+          f"ours {unique['ours'] / 1e3:,.0f}k")  # fmt: skip
+    print(f"    ours / floor {unique['ours'] / unique['floor']:.3f}x, "
+          f"floor / bare {unique['floor'] / unique['bare']:.3f}x, "
+          f"ours / bare {unique['ours'] / unique['bare']:.3f}x")  # fmt: skip
+    print(f"  {count:,} identical callers, per caller: alone {stampede['instant'] / 1e3:,.0f}k, "
+          f"floor {stampede['floor'] / 1e3:,.0f}k, ours {stampede['ours'] / 1e3:,.0f}k")  # fmt: skip
+    print(f"    ours / floor {stampede['ours'] / stampede['floor']:.3f}x, "
+          f"floor / alone {stampede['floor'] / stampede['instant']:.3f}x, "
+          f"ours / alone (a follower's cost) {stampede['ours'] / stampede['instant']:.3f}x")  # fmt: skip
 
 
 def _ratio(runs: dict[str, list[float]], top: str, bottom: str) -> str:
@@ -188,8 +319,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--callers", type=int, default=10_000)
     parser.add_argument("--stampede-rounds", type=int, default=5)
+    parser.add_argument(
+        "--instructions",
+        type=int,
+        metavar="N",
+        help="instead, count instructions per request over N requests under callgrind (needs valgrind)",
+    )
+    # One contender's process under callgrind (see _instructions).
+    parser.add_argument("--count-once", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     library = importlib.import_module(args.library)
+    if args.count_once:
+        contender, workload, count, send = args.count_once
+        asyncio.run(_count_once(library, contender, workload, int(count), send == "send"))
+        return 0
+    if args.instructions:
+        found = instructions_per_request(args.library, args.instructions)
+        _print_instructions(args.library, args.instructions, found)
+        return 0
     unique = asyncio.run(unique_rounds(library, args.requests, args.rounds))
     print(
         f"{library.__name__}, unique keys one at a time ({args.requests:,} per round, {args.rounds} rounds):"
