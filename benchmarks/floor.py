@@ -36,13 +36,14 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 __all__ = ["FloorTransport"]
 
 _Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+_T = TypeVar("_T")
 
 
 class FloorTransport:
@@ -238,7 +239,26 @@ async def _count_once(library: ModuleType, contender: str, workload: str, count:
     await client.aclose()
 
 
-def _instructions(library: str, contender: str, workload: str, count: int, send: bool) -> int:
+def _run(job: Awaitable[_T], eager: bool) -> _T:
+    """Run *job* on a new event loop; *eager*: every task starts at once, in its
+    creator's turn, until its first suspension (Python 3.12's eager task factory)."""
+
+    async def main() -> _T:
+        if eager:
+            asyncio.get_running_loop().set_task_factory(_eager_task_factory())
+        return await job
+
+    return asyncio.run(main())
+
+
+def _eager_task_factory() -> Any:
+    factory = getattr(asyncio, "eager_task_factory", None)
+    if factory is None:
+        raise SystemExit(f"eager task start needs Python 3.12 or later, not {sys.version.split()[0]}")
+    return factory
+
+
+def _instructions(library: str, contender: str, workload: str, count: int, send: bool, eager: bool) -> int:
     """Instructions (callgrind's total) of one process running :func:`_count_once`."""
     with tempfile.TemporaryDirectory() as directory:
         out = os.path.join(directory, "callgrind.out")
@@ -246,6 +266,7 @@ def _instructions(library: str, contender: str, workload: str, count: int, send:
             "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
             sys.executable, "-m", "benchmarks.floor", "--library", library,
             "--count-once", contender, workload, str(count), "send" if send else "idle",
+            *(["--eager"] if eager else []),
         ]  # fmt: skip
         # A fixed hash seed: randomised hashing moves whole-run counts by more than
         # the differences measured here.
@@ -258,7 +279,7 @@ def _instructions(library: str, contender: str, workload: str, count: int, send:
         return int(found.group(1))
 
 
-def instructions_per_request(library: str, count: int) -> dict[str, dict[str, float]]:
+def instructions_per_request(library: str, count: int, eager: bool = False) -> dict[str, dict[str, float]]:
     """Instructions per request of each contender, by workload: a run of *count*
     requests less the same run sending none, divided by *count*."""
     from concurrent.futures import ThreadPoolExecutor
@@ -273,7 +294,7 @@ def instructions_per_request(library: str, count: int) -> dict[str, dict[str, fl
         totals = dict(
             zip(
                 jobs,
-                pool.map(lambda job: _instructions(library, job[1], job[0], count, job[2]), jobs),
+                pool.map(lambda job: _instructions(library, job[1], job[0], count, job[2], eager), jobs),
                 strict=True,
             )
         )
@@ -325,26 +346,31 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="instead, count instructions per request over N requests under callgrind (needs valgrind)",
     )
+    parser.add_argument(
+        "--eager", action="store_true", help="start every task eagerly (Python 3.12+), for every contender"
+    )
     # One contender's process under callgrind (see _instructions).
     parser.add_argument("--count-once", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     library = importlib.import_module(args.library)
+    if args.eager:
+        _eager_task_factory()  # refused here, before any round, on Python 3.11
     if args.count_once:
         contender, workload, count, send = args.count_once
-        asyncio.run(_count_once(library, contender, workload, int(count), send == "send"))
+        _run(_count_once(library, contender, workload, int(count), send == "send"), args.eager)
         return 0
     if args.instructions:
-        found = instructions_per_request(args.library, args.instructions)
+        found = instructions_per_request(args.library, args.instructions, args.eager)
         _print_instructions(args.library, args.instructions, found)
         return 0
-    unique = asyncio.run(unique_rounds(library, args.requests, args.rounds))
+    unique = _run(unique_rounds(library, args.requests, args.rounds), args.eager)
     print(
         f"{library.__name__}, unique keys one at a time ({args.requests:,} per round, {args.rounds} rounds):"
     )
     print(f"  ours / floor   {_ratio(unique, 'ours', 'floor')}")
     print(f"  floor / bare   {_ratio(unique, 'floor', 'bare')}")
     print(f"  ours / bare    {_ratio(unique, 'ours', 'bare')}")
-    stampede = asyncio.run(stampede_rounds(library, args.callers, args.stampede_rounds))
+    stampede = _run(stampede_rounds(library, args.callers, args.stampede_rounds), args.eager)
     print(f"{library.__name__}, {args.callers:,} identical callers at once ({args.stampede_rounds} rounds):")
     print(f"  ours / floor   {_ratio(stampede, 'ours', 'floor')}")
     print(f"  floor / each caller alone (instant upstream)   {_ratio(stampede, 'floor', 'instant')}")
