@@ -186,10 +186,24 @@ class KeyRules:
     ) -> str:
         """The key from parts whose headers are only those that take part (see ``keeps``);
         *kept* is sorted in place."""
+        kept.sort(key=_header_name)  # stable: repeated headers keep their order
+        return self.digest_lines(method, scheme, host, port, target, _header_lines(kept), body, content_type)
+
+    def digest_lines(
+        self,
+        method: str,
+        scheme: str,
+        host: str,
+        port: int | None,
+        target: bytes,
+        lines: bytes,
+        body: bytes,
+        content_type: bytes,
+    ) -> str:
+        """``digest`` with the headers rendered already (see ``_header_lines``)."""
         # This runs for every request that may coalesce: one bytes object, one hash
         # update for it, since each call into the hash or the codec costs more than
         # its bytes.
-        kept.sort(key=_header_name)  # stable: repeated headers keep their order
         digest = hashlib.blake2b(
             b"%s\0%s://%s:%d\0%s\0%s\0%s"
             % (
@@ -198,7 +212,7 @@ class KeyRules:
                 host.encode("utf-8", "surrogateescape"),
                 port or 0,
                 target,
-                _header_lines(kept),
+                lines,
                 self.canonical_body(body, content_type),
             ),
             digest_size=20,
@@ -276,6 +290,21 @@ def _header_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
     if lines.count(b"\0") == lines.count(b"\n") == len(headers):
         return lines
     return b"N" + b"".join([b"%d %d %s%s" % (len(name), len(value), name, value) for name, value in headers])
+
+
+def header_template(names: Iterable[bytes]) -> bytes:
+    """What ``header_lines_of`` renders the values of headers *names* (in the key's
+    order) with: ``_header_lines``'s plain form, with a ``%s`` for each value."""
+    return b"L" + b"".join([name.replace(b"%", b"%%") + b"\0%s\n" for name in names])
+
+
+def header_lines_of(template: bytes, names: tuple[bytes, ...], values: tuple[bytes, ...]) -> bytes:
+    """``_header_lines`` of the headers *names* with *values*, in the key's order, from
+    their ``header_template``: one formatting in C for all of them, the same bytes."""
+    lines = template % values
+    if lines.count(b"\0") == lines.count(b"\n") == len(values):
+        return lines
+    return _header_lines(list(zip(names, values, strict=True)))
 
 
 def _raw(text: str) -> bytes:

@@ -7,9 +7,10 @@ the inner transport as the caller made it (see ``body_in_memory``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
-from ._key import RequestParts
+from ._key import RequestParts, header_lines_of, header_template
 
 __all__ = [
     "OPT_OUT_VALUES",
@@ -38,6 +39,46 @@ _UPGRADE = 16
 #: Spellings of header names learnt per transport at most; past it, the roles are
 #: learnt again (a client sending made-up names cannot grow memory without end).
 MAX_LEARNT_NAMES = 1024
+#: Header plans (see ``_Plan``) kept per transport at most; past it, they are made again.
+MAX_PLANS = 256
+
+
+class _Plan:
+    """What the header-by-header loop of ``inspect`` would do with a request whose header
+    names are these, in this order, worked out once for all such requests.
+
+    A client sends the same names in the same order with every request: the plan picks
+    the values the key takes, in the key's order, in C (``pick``), and renders them with
+    one formatting (``template``). Only names make a plan, never values: a plan holds
+    no credential.
+    """
+
+    __slots__ = ("content_type", "host", "names", "pick", "template")
+
+    def __init__(self, names: tuple[bytes, ...], kept: list[int], content_type: int, host: int) -> None:
+        #: The lower-cased names the key takes, in the key's order.
+        self.names = names
+        #: The values of those headers, in that order, from all the request's values.
+        self.pick: Callable[[tuple[bytes, ...]], tuple[bytes, ...]] = _picker(kept)
+        self.template = header_template(names)
+        #: Where the request's values hold its content type (the last one), or -1.
+        self.content_type = content_type
+        #: Where ``pick``'s values hold the Host header, to be normalised, or -1.
+        self.host = host
+
+
+def _picker(indices: list[int]) -> Callable[[tuple[bytes, ...]], tuple[bytes, ...]]:
+    if len(indices) > 1:
+        return itemgetter(*indices)
+    if indices:
+        index = indices[0]
+        return lambda values: (values[index],)  # itemgetter of one gives no tuple
+    return lambda values: ()
+
+
+#: The plan for names that the header-by-header loop must see: an opt-out or Upgrade
+#: header, or two Host headers.
+_LOOP = object()
 
 
 class HeaderRoles:
@@ -48,7 +89,7 @@ class HeaderRoles:
     against the opt-out header, the headers read here and the key's ignore rules.
     """
 
-    __slots__ = ("_in_key", "_learnt", "_opt_out", "opt_out_header")
+    __slots__ = ("_in_key", "_learnt", "_opt_out", "_plans", "opt_out_header")
 
     def __init__(self, opt_out_header: str, in_key: Callable[[bytes], bool] | None = None) -> None:
         #: The opt-out header's name, lower-case.
@@ -58,6 +99,8 @@ class HeaderRoles:
         #: of the user's, which sees them all).
         self._in_key = in_key
         self._learnt: dict[bytes, tuple[bytes, int]] = {}
+        #: Plans by the tuple of a request's raw header names (only if ``filters``).
+        self._plans: dict[tuple[bytes, ...], object] = {}
 
     @property
     def filters(self) -> bool:
@@ -88,20 +131,77 @@ class HeaderRoles:
         known = learnt[raw_name] = (name, role)
         return known
 
+    def _plan(self, raw_names: tuple[bytes, ...]) -> object:
+        """The plan for requests whose header names are *raw_names*, or ``_LOOP``."""
+        plan: object = _LOOP
+        kept: list[tuple[bytes, int]] = []
+        content_type = -1
+        hosts = 0
+        for index, raw_name in enumerate(raw_names):
+            name, role = self.of(raw_name)
+            if role & (_OPT_OUT | _UPGRADE):
+                break
+            if role & _CONTENT_TYPE:
+                content_type = index
+            if role & _HOST:
+                hosts += 1
+            if role & _KEY:
+                kept.append((name, index))
+        else:
+            if hosts <= 1:
+                kept.sort(key=_first)  # stable, as the key sorts its headers
+                names = tuple(name for name, _ in kept)
+                host = names.index(b"host") if hosts and b"host" in names else -1
+                plan = _Plan(names, [index for _, index in kept], content_type, host)
+        plans = self._plans
+        if len(plans) >= MAX_PLANS:
+            plans.clear()
+        plans[raw_names] = plan
+        return plan
+
+
+_first = itemgetter(0)
+
 
 class Inspection:
     """What one pass over a request's headers tells: may it coalesce, and its key's headers
-    (raw bytes, names lower-cased; only those the key takes if ``filtered``)."""
+    (raw bytes, names lower-cased; only those the key takes if ``filtered``).
 
-    __slots__ = ("content_type", "filtered", "headers", "reason")
+    A plan's inspection has its headers in the key's order and rendered for it already
+    (``lines``); the list of them is only made if asked for.
+    """
+
+    __slots__ = ("_headers", "_plan", "_values", "content_type", "filtered", "reason")
 
     def __init__(
-        self, reason: str | None, headers: list[tuple[bytes, bytes]], content_type: bytes, filtered: bool
+        self,
+        reason: str | None,
+        headers: list[tuple[bytes, bytes]] | None,
+        content_type: bytes,
+        filtered: bool,
+        plan: _Plan | None = None,
+        values: tuple[bytes, ...] = (),
     ) -> None:
         self.reason = reason
-        self.headers = headers
+        self._headers = headers
         self.content_type = content_type
         self.filtered = filtered
+        self._plan = plan
+        self._values = values
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        headers = self._headers
+        if headers is None:
+            assert self._plan is not None
+            headers = self._headers = list(zip(self._plan.names, self._values, strict=True))
+        return headers
+
+    @property
+    def lines(self) -> bytes | None:
+        """The key's header lines (see ``_key._header_lines``), if a plan made them cheap."""
+        plan = self._plan
+        return None if plan is None else header_lines_of(plan.template, plan.names, self._values)
 
 
 def inspect(request: Any, methods: frozenset[str], roles: HeaderRoles) -> Inspection:
@@ -111,12 +211,21 @@ def inspect(request: Any, methods: frozenset[str], roles: HeaderRoles) -> Inspec
     Works on the raw bytes: decoding every header of every request costs more than
     everything else done with them here.
     """
+    raw = request.headers.raw
+    if roles.filters and raw:
+        names, values = zip(*raw, strict=True)
+        plan = roles._plans.get(names)
+        if plan is None:
+            plan = roles._plan(names)
+        if plan is not _LOOP:
+            assert isinstance(plan, _Plan)
+            return _planned(request, methods, roles, plan, values)
     headers: list[tuple[bytes, bytes]] = []
     opt_out: bytes | None = None
     upgrade = False
     content_type = b""
     learnt = roles._learnt
-    for raw_name, value in request.headers.raw:
+    for raw_name, value in raw:
         known = learnt.get(raw_name)
         name, role = roles._learn(raw_name) if known is None else known
         if role == _KEY:  # the usual header: nothing to look at
@@ -148,6 +257,27 @@ def inspect(request: Any, methods: frozenset[str], roles: HeaderRoles) -> Inspec
     elif method not in methods:
         reason = "method"
     return Inspection(reason, headers, content_type, roles.filters)
+
+
+def _planned(
+    request: Any, methods: frozenset[str], roles: HeaderRoles, plan: _Plan, values: tuple[bytes, ...]
+) -> Inspection:
+    """``inspect`` by *plan*: what the header-by-header loop gives, without the loop."""
+    picked = plan.pick(values)
+    if plan.host >= 0:
+        normalised = list(picked)
+        normalised[plan.host] = _host(normalised[plan.host], request.url.scheme)
+        picked = tuple(normalised)
+    method = request.method
+    reason = None
+    if request.extensions.get("coalesce") is False:
+        reason = "opt_out"
+    elif method == "CONNECT":
+        reason = "upgrade"
+    elif method not in methods:
+        reason = "method"
+    content_type = values[plan.content_type] if plan.content_type >= 0 else b""
+    return Inspection(reason, None, content_type, True, plan, picked)
 
 
 def url_parts(request: Any) -> tuple[str, str, int | None, bytes]:

@@ -398,6 +398,11 @@ class CoalescingTransport(_Bases):
     def _key(self, request: Any, inspection: Inspection, body: bytes) -> str:
         if self._key_function is None:
             scheme, host, port, target = url_parts(request)
+            lines = inspection.lines
+            if lines is not None:
+                return self._rules.digest_lines(
+                    request.method, scheme, host, port, target, lines, body, inspection.content_type
+                )
             make = self._rules.digest if inspection.filtered else self._rules.key_of
             return make(
                 request.method, scheme, host, port, target, inspection.headers, body, inspection.content_type

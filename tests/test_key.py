@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from operator import itemgetter
 from typing import Any
 
 import httpx
@@ -218,3 +219,50 @@ def test_headers_that_smuggle_separators_never_read_as_other_headers() -> None:
 def test_an_opt_out_header_that_cannot_be_a_header_name_is_refused_at_once(name: str) -> None:
     with pytest.raises(ValueError, match="opt_out_header"):
         CoalescingTransport(opt_out_header=name)
+
+
+_PLANNED_NAMES = [
+    "Content-Type", "content-type", "Host", "host", "Authorization", "x-api-key", "Accept",
+    "x-stainless-os", "traceparent", "x-custom", "X-Custom", "Upgrade", "x-coalesce", "a%b", "content-length",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    headers=st.lists(
+        st.tuples(
+            st.sampled_from(_PLANNED_NAMES),
+            st.sampled_from(["application/json", "Example.COM:443", "v", "%s", "a\nb", "x\x00y", "off", ""]),
+        ),
+        max_size=6,
+    ),
+    method=st.sampled_from(["POST", "GET", "PUT", "CONNECT"]),
+)
+def test_a_header_plan_picks_what_the_header_by_header_loop_picks(
+    headers: list[tuple[str, str]], method: str
+) -> None:
+    # The plan (learnt from the names once, then used) against the loop it stands for,
+    # which a transport whose key is a function of the user's still runs.
+    rules = KeyRules()
+    raw = [(name.encode(), value.encode()) for name, value in headers]
+    roles = HeaderRoles("x-coalesce", rules.keeps)
+    for _ in range(2):
+        request = httpx.Request(method, "https://api.example.com/v1", headers=raw, content=b"{}")
+        planned = inspect(request, frozenset({"POST", "PUT"}), roles)
+        looped = inspect(
+            httpx.Request(method, "https://api.example.com/v1", headers=raw, content=b"{}"),
+            frozenset({"POST", "PUT"}),
+            HeaderRoles("x-coalesce"),
+        )
+        assert planned.reason == looped.reason
+        assert planned.content_type == looped.content_type
+        kept = [header for header in looped.headers if rules.keeps(header[0])]
+        assert sorted(planned.headers, key=itemgetter(0)) == sorted(kept, key=itemgetter(0))
+        parts = ("POST", "https", "api.example.com", None, b"/v1")
+        lines = planned.lines
+        planned_key = (
+            rules.digest(*parts, list(planned.headers), b"{}", b"")
+            if lines is None
+            else rules.digest_lines(*parts, lines, b"{}", b"")
+        )
+        assert planned_key == rules.key_of(*parts, looped.headers, b"{}", b"")
