@@ -221,19 +221,27 @@ class Flight:
         if signal is None:
             signal = self.signal
         assert isinstance(signal, AsyncSignal)
-        deadline = None if within is None else time.monotonic() + within
-        while True:
-            if deadline is None:
+        if within is None:
+            while True:
                 await signal.wait()
-            else:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                await signal.wait(left)
+                with self.lock:
+                    result = ready()
+                if result is not None:
+                    return result
+        if within <= 0:
+            return None
+        # The first wait is for all of *within*: one clock read, not two.
+        deadline = time.monotonic() + within
+        left = within
+        while True:
+            await signal.wait(left)
             with self.lock:
                 result = ready()
             if result is not None:
                 return result
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
 
     # -- what callers ask (call under the lock, through wait / wait_async) -------------
 

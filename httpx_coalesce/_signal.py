@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 __all__ = ["AsyncSignal", "AsyncioSignal", "Signal", "ThreadSignal", "TrioSignal"]
@@ -31,8 +31,8 @@ class AsyncSignal(Signal):
 
     __slots__ = ()
 
-    async def wait(self, within: float | None = None) -> None:
-        """Return once fired, or after *within* seconds, whichever comes first."""
+    def wait(self, within: float | None = None) -> Awaitable[None]:
+        """What to await: done once fired, or after *within* seconds, whichever comes first."""
         raise NotImplementedError
 
 
@@ -71,7 +71,9 @@ class AsyncioSignal(AsyncSignal):
                 self._timer.cancel()
                 self._timer = None
 
-    async def wait(self, within: float | None = None) -> None:
+    def wait(self, within: float | None = None) -> Awaitable[None]:
+        # The future itself, not a coroutine awaiting it: every waiting caller would
+        # hold one more frame (allocated, and walked by every garbage collection).
         loop = self._loop
         waiter = loop.create_future()
         if self._waiters is None:
@@ -86,7 +88,7 @@ class AsyncioSignal(AsyncSignal):
             heapq.heappush(deadlines, (when, id(waiter), waiter))
             if self._timer is None or when < self._timer_when:
                 self._arm(when)
-        await waiter
+        return waiter
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:
@@ -125,7 +127,10 @@ class TrioSignal(AsyncSignal):
             self._event = None
             event.set()
 
-    async def wait(self, within: float | None = None) -> None:
+    def wait(self, within: float | None = None) -> Awaitable[None]:
+        return self._wait(within)
+
+    async def _wait(self, within: float | None) -> None:
         event = self._event
         if event is None:
             event = self._event = self._event_class()
