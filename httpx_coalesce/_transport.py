@@ -573,7 +573,9 @@ _PASS_THROUGH = _PassThrough()
 #: leader's, then wait for its outcome at most this many seconds (None: no limit).
 _Wait = tuple[Seat, float | None]
 #: A caller joins at most twice: a second flight that also fails it sends it alone.
-_ATTEMPTS = (1, 2)
+#: (A range: its iterator, alive while its caller waits, is no object the garbage
+#: collector walks, as a tuple's is.)
+_ATTEMPTS = range(1, 3)
 _TIMEOUTS = frozenset({"ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout"})
 
 
