@@ -598,10 +598,8 @@ def _is_timeout(error: BaseException) -> bool:
 def _head_budget(request: Any) -> float | None:
     """How long a follower may wait for the head: what its request alone could have taken."""
     timeout = request.extensions.get("timeout")
-    if not timeout:
+    try:
+        budget = timeout["pool"] + timeout["connect"] + timeout["write"] + timeout["read"]
+    except (TypeError, KeyError):  # no timeouts, one of them None (no limit), or one missing
         return None
-    get = timeout.get
-    pool, connect, write, read = get("pool"), get("connect"), get("write"), get("read")
-    if pool is None or connect is None or write is None or read is None:
-        return None
-    return float(pool + connect + write + read)
+    return float(budget)
