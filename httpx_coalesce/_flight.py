@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ._limits import Limits
 from ._replay import Head, Replay
@@ -111,6 +111,7 @@ class Flight:
         "body",
         "demand",
         "error",
+        "follower_info",
         "head",
         "id",
         "joinable",
@@ -179,6 +180,8 @@ class Flight:
         #: The backend answered from another process (its leader, or the fleet window):
         #: the leader's caller saved a call too, like its followers.
         self.answered_elsewhere = False
+        #: The ``CoalesceInfo`` its followers' responses share (see ``_response``).
+        self.follower_info: Any = None
 
     def __repr__(self) -> str:
         return f"<Flight {self.id} key={self.key[:12]} {self.state.value} seats={len(self.seats)}>"

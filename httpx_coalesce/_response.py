@@ -272,7 +272,17 @@ def extensions(head: Head, info: CoalesceInfo) -> dict[str, Any]:
 
 def build_response(library: Library, seat: Seat, head: Head, request: Any, is_async: bool) -> Any:
     flight = seat.flight
-    info = CoalesceInfo(leader=seat.leader, callers=flight.joined, flight_id=flight.id)
+    if seat.leader:
+        info = CoalesceInfo(leader=True, callers=flight.joined, flight_id=flight.id)
+    else:
+        # Followers answered with the same count of callers (all of them, when they
+        # joined before the answer came) share one: it is frozen, and a frozen
+        # dataclass costs a call per field to make.
+        info = flight.follower_info
+        if info is None or info.callers != flight.joined:
+            info = flight.follower_info = CoalesceInfo(
+                leader=False, callers=flight.joined, flight_id=flight.id
+            )
     if seat.leader:
         upstream = flight.take_upstream_response()
         if isinstance(upstream, library.Response):
