@@ -517,6 +517,24 @@ class Flight:
         self.joined += 1
         return seat
 
+    def take_body(self, seat: Seat) -> bytes | None:
+        """The body, if it is complete and whole, and *seat* leaves the flight with it
+        (it needs no seat to read it); else None, and *seat* stays."""
+        with self.lock:
+            replay = self.replay
+            if not (replay.complete and replay.whole):
+                return None
+            body = replay.body()
+            if len(self.seats) > 1 and not (seat.left or seat.whole or self.oversized):
+                # Others stay seated, nothing is spooled for this reader: leaving is only
+                # giving the seat back, under the lock already held (the usual case for
+                # the followers of a buffered response).
+                seat.left = True
+                self.seats.discard(seat)
+                return body
+        self.leave(seat)
+        return body
+
     def leave(self, seat: Seat) -> None:
         cancel = None
         ended = False

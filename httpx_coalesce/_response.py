@@ -311,12 +311,10 @@ def build_response(library: Library, seat: Seat, head: Head, request: Any, is_as
 def _stream_of(library: Library, seat: Seat, request: Any, is_async: bool) -> Any:
     """The caller's own stream over the shared body."""
     flight = seat.flight
-    with flight.lock:
-        body = flight.replay.body() if flight.replay.complete and flight.replay.whole else None
+    body = flight.take_body(seat)
     if body is not None:
         # The body is all here (the usual case: a buffered response): the caller needs
         # no seat to read it, only the one shared bytes object.
-        flight.leave(seat)
         return library.stream_class(_BodyStream, is_async)(body)
     cls = library.stream_class(_AsyncSeatStream if is_async else _SyncSeatStream, is_async)
     return cls(seat, request, library)
