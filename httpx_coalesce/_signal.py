@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import threading
+import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 __all__ = ["AsyncSignal", "AsyncioSignal", "Signal", "ThreadSignal", "TrioSignal"]
@@ -46,10 +48,18 @@ class AsyncioSignal(AsyncSignal):
     earliest has a timer; a firing wakes everyone and drops them all.
     """
 
-    __slots__ = ("_deadlines", "_loop", "_timer", "_timer_when", "_waiters")
+    __slots__ = ("_clock", "_deadlines", "_loop", "_new_future", "_timer", "_timer_when", "_waiters")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        new_future: Callable[[], asyncio.Future[None]] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self._loop = loop
+        #: The loop's ``create_future`` and ``time`` (see ``asyncio_signals``).
+        self._new_future = loop.create_future if new_future is None else new_future
+        self._clock = loop.time if clock is None else clock
         # Created on first wait: a flight whose callers never wait allocates nothing.
         self._waiters: list[asyncio.Future[None]] | None = None
         #: (deadline, tie-breaker, waiter), earliest first; waiters already woken stay
@@ -74,14 +84,13 @@ class AsyncioSignal(AsyncSignal):
     def wait(self, within: float | None = None) -> Awaitable[None]:
         # The future itself, not a coroutine awaiting it: every waiting caller would
         # hold one more frame (allocated, and walked by every garbage collection).
-        loop = self._loop
-        waiter = loop.create_future()
+        waiter = self._new_future()
         if self._waiters is None:
             self._waiters = [waiter]
         else:
             self._waiters.append(waiter)
         if within is not None:
-            when = loop.time() + within
+            when = self._clock() + within
             deadlines = self._deadlines
             if deadlines is None:
                 deadlines = self._deadlines = []
@@ -102,7 +111,7 @@ class AsyncioSignal(AsyncSignal):
         deadlines = self._deadlines
         if not deadlines:
             return
-        now = self._loop.time()
+        now = self._clock()
         while deadlines and deadlines[0][0] <= now:
             waiter = heapq.heappop(deadlines)[2]
             if not waiter.done():
@@ -111,6 +120,21 @@ class AsyncioSignal(AsyncSignal):
             heapq.heappop(deadlines)  # woken or cancelled already: no timer for it
         if deadlines:
             self._arm(deadlines[0][0])
+
+
+def asyncio_signals(loop: asyncio.AbstractEventLoop) -> Callable[[], AsyncioSignal]:
+    """How to make signals for *loop*'s tasks.
+
+    A loop that keeps asyncio's own ``create_future`` and ``time`` has them called
+    without their Python frames (a future made in C, the monotonic clock itself): one
+    of each per waiting caller. A loop of another kind (uvloop's clock is its own) is
+    asked through its methods.
+    """
+    cls = type(loop)
+    base = asyncio.BaseEventLoop
+    new_future = partial(asyncio.Future, loop=loop) if cls.create_future is base.create_future else None
+    clock = time.monotonic if cls.time is base.time else None
+    return partial(AsyncioSignal, loop, new_future, clock)
 
 
 class TrioSignal(AsyncSignal):

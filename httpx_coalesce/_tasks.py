@@ -25,7 +25,7 @@ from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
 
-from ._signal import AsyncioSignal, AsyncSignal, TrioSignal
+from ._signal import AsyncSignal, TrioSignal, asyncio_signals
 
 __all__ = [
     "Chore",
@@ -55,7 +55,7 @@ def current_loop() -> tuple[object, Callable[[], AsyncSignal], Callable[[Chore],
 
         token = trio.lowlevel.current_trio_token()
         return token, partial(TrioSignal, trio.Event, trio.move_on_after), token.run_sync_soon
-    return loop, partial(AsyncioSignal, loop), loop.call_soon_threadsafe
+    return loop, asyncio_signals(loop), loop.call_soon_threadsafe
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
