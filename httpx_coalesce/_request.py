@@ -89,7 +89,7 @@ class HeaderRoles:
     against the opt-out header, the headers read here and the key's ignore rules.
     """
 
-    __slots__ = ("_in_key", "_learnt", "_opt_out", "_plans", "opt_out_header")
+    __slots__ = ("_in_key", "_learnt", "_opt_out", "_plans", "filters", "opt_out_header")
 
     def __init__(self, opt_out_header: str, in_key: Callable[[bytes], bool] | None = None) -> None:
         #: The opt-out header's name, lower-case.
@@ -98,14 +98,11 @@ class HeaderRoles:
         #: Which headers the default key takes (None: every header, for a key function
         #: of the user's, which sees them all).
         self._in_key = in_key
+        #: Whether inspections leave out the headers the key ignores.
+        self.filters = in_key is not None
         self._learnt: dict[bytes, tuple[bytes, int]] = {}
         #: Plans by the tuple of a request's raw header names (only if ``filters``).
         self._plans: dict[tuple[bytes, ...], object] = {}
-
-    @property
-    def filters(self) -> bool:
-        """Whether inspections leave out the headers the key ignores."""
-        return self._in_key is not None
 
     def of(self, raw_name: bytes) -> tuple[bytes, int]:
         known = self._learnt.get(raw_name)
@@ -171,7 +168,7 @@ class Inspection:
     (``lines``); the list of them is only made if asked for.
     """
 
-    __slots__ = ("_headers", "_plan", "_values", "content_type", "filtered", "reason")
+    __slots__ = ("_headers", "_plan", "_values", "content_type", "filtered", "lines", "reason")
 
     def __init__(
         self,
@@ -181,6 +178,7 @@ class Inspection:
         filtered: bool,
         plan: _Plan | None = None,
         values: tuple[bytes, ...] = (),
+        lines: bytes | None = None,
     ) -> None:
         self.reason = reason
         self._headers = headers
@@ -188,6 +186,8 @@ class Inspection:
         self.filtered = filtered
         self._plan = plan
         self._values = values
+        #: The key's header lines (see ``_key._header_lines``), if a plan made them.
+        self.lines = lines
 
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -196,12 +196,6 @@ class Inspection:
             assert self._plan is not None
             headers = self._headers = list(zip(self._plan.names, self._values, strict=True))
         return headers
-
-    @property
-    def lines(self) -> bytes | None:
-        """The key's header lines (see ``_key._header_lines``), if a plan made them cheap."""
-        plan = self._plan
-        return None if plan is None else header_lines_of(plan.template, plan.names, self._values)
 
 
 def inspect(request: Any, methods: frozenset[str], roles: HeaderRoles) -> Inspection:
@@ -277,7 +271,8 @@ def _planned(
     elif method not in methods:
         reason = "method"
     content_type = values[plan.content_type] if plan.content_type >= 0 else b""
-    return Inspection(reason, None, content_type, True, plan, picked)
+    lines = header_lines_of(plan.template, plan.names, picked) if reason is None else None
+    return Inspection(reason, None, content_type, True, plan, picked, lines)
 
 
 def url_parts(request: Any) -> tuple[str, str, int | None, bytes]:

@@ -58,9 +58,9 @@ def current_loop() -> tuple[object, Callable[[], AsyncSignal], Callable[[Chore],
     return loop, asyncio_signals(loop), loop.call_soon_threadsafe
 
 
-def running_loop() -> asyncio.AbstractEventLoop | None:
-    """The running asyncio loop, or None (no loop, or trio), without raising."""
-    return asyncio._get_running_loop()
+#: The running asyncio loop, or None (no loop, or trio), without raising: the C
+#: function itself, as it is called once per request.
+running_loop: Callable[[], asyncio.AbstractEventLoop | None] = asyncio._get_running_loop
 
 
 _chores: queue.SimpleQueue[Chore] = queue.SimpleQueue()
