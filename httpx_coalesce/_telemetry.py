@@ -29,11 +29,13 @@ and the recorder stays empty.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -302,14 +304,23 @@ def _global_provider() -> MeterProvider | None:
 class Recorder:
     """What ``Counters`` needs to know: where to record, how to find out later, and how
     to note a request on its caller's span. All None until ``connect``, and for good
-    without OpenTelemetry or with ``telemetry=False``."""
+    without OpenTelemetry or with ``telemetry=False``.
 
-    __slots__ = ("note_span", "probe", "telemetry")
+    ``probe``, while OpenTelemetry is here but no global MeterProvider is set yet,
+    returns that provider once it is set: then ``found()`` records there from then on.
+    """
+
+    __slots__ = ("found", "note_span", "probe", "telemetry")
 
     def __init__(self) -> None:
         self.telemetry: Telemetry | None = None
-        self.probe: Callable[[], None] | None = None
+        self.probe: Callable[[], object] | None = None
+        self.found: Callable[[], None] = _nothing
         self.note_span: Callable[[str, str | None, str | None, int], None] | None = None
+
+
+def _nothing() -> None:
+    return None
 
 
 def _record_in(
@@ -365,19 +376,19 @@ def _connect_metrics(
     owner_ref = weakref.ref(owner)
     state = otel_metrics_state
 
-    def probe() -> None:
-        found: MeterProvider | None = state._METER_PROVIDER
-        if found is None:
-            return
+    def found() -> None:
+        provider: MeterProvider | None = state._METER_PROVIDER
         recorder.probe = None
         target = owner_ref()
-        if target is not None:
+        if provider is not None and target is not None:
             try:
-                _record_in(recorder, found, target, load)
+                _record_in(recorder, provider, target, load)
             except Exception:
                 _failed("setting up metrics on the global MeterProvider")
 
-    recorder.probe = probe
+    # Read per request: a call in C, not a Python function's frame.
+    recorder.probe = partial(getattr, state, "_METER_PROVIDER")
+    recorder.found = found
 
 
 # -- traces --------------------------------------------------------------------------------
@@ -389,9 +400,12 @@ def span_noter() -> Callable[[str, str | None, str | None, int], None] | None:
         return None
     get_current_span = otel_trace.get_current_span
     client = otel_trace.SpanKind.CLIENT
+    no_span = _no_span_test()
 
     def note(outcome: str, reason: str | None, flight_id: str | None, callers: int) -> None:
         try:
+            if no_span is not None and no_span():
+                return  # no span to note on (the usual case without tracing)
             span = get_current_span()
             if not span.is_recording():
                 return
@@ -414,6 +428,32 @@ def span_noter() -> Callable[[str, str | None, str | None, int], None] | None:
             _failed("noting a request on its span")
 
     return note
+
+
+def _no_span_test() -> Callable[[], bool] | None:
+    """A test that the current context holds no span at all: in one call, where
+    ``get_current_span()`` takes four to say so (with its ``INVALID_SPAN``, never
+    recording). Only for the API's own context (contextvars) as this version of it
+    keeps it; None (ask the API) for anything else.
+    """
+    try:
+        from opentelemetry import context as otel_context
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+        from opentelemetry.trace.propagation import _SPAN_KEY
+    except ImportError:
+        return None
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    current = getattr(runtime, "_current_context", None)
+    if type(runtime) is not ContextVarsRuntimeContext or not isinstance(current, contextvars.ContextVar):
+        return None
+
+    def no_span() -> bool:
+        # Another runtime context swapped in since: ask the API.
+        if otel_context._RUNTIME_CONTEXT is not runtime:
+            return False
+        return current.get().get(_SPAN_KEY) is None
+
+    return no_span
 
 
 def error_type(error: BaseException) -> str:

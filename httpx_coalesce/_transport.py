@@ -236,9 +236,11 @@ class CoalescingTransport(_Bases):
     def _begin(self, request: Any) -> tuple[Library, str | None]:
         """What both faces do first: the request's library, and its key (None: it
         passes through, already counted)."""
-        probe = self._counters.recorder.probe
-        if probe is not None:  # OpenTelemetry is here, but no MeterProvider yet
-            probe()
+        recorder = self._counters.recorder
+        probe = recorder.probe
+        # OpenTelemetry is here, but no MeterProvider yet: has one been set since?
+        if probe is not None and probe() is not None:
+            recorder.found()
         library = library_of(request)
         return library, self._key_of(request)
 

@@ -421,10 +421,18 @@ def _raise(*args: Any, **kwargs: Any) -> Any:
     raise Broken("the OpenTelemetry API")
 
 
+def _broken_spans(patch: pytest.MonkeyPatch, get_current_span: Callable[..., Any]) -> dict[str, Any]:
+    patch.setattr(opentelemetry.trace, "get_current_span", get_current_span)
+    # With no span in the context at all, the transport learns so without the API: made
+    # to ask it, as it does whenever a span is there.
+    patch.setattr(httpx_coalesce._telemetry, "_no_span_test", lambda: None)
+    return {}
+
+
 #: Where the API raises, and how to make it so (patches, and the transport's options).
 BROKEN: dict[str, Callable[[pytest.MonkeyPatch], dict[str, Any]]] = {
-    "get_current_span": lambda patch: (patch.setattr(opentelemetry.trace, "get_current_span", _raise), {})[1],
-    "the-span": lambda patch: (patch.setattr(opentelemetry.trace, "get_current_span", _RaisingSpan), {})[1],
+    "get_current_span": lambda patch: _broken_spans(patch, _raise),
+    "the-span": lambda patch: _broken_spans(patch, _RaisingSpan),
     "get_meter_provider": lambda patch: (
         patch.setattr(opentelemetry.metrics, "get_meter_provider", _raise),
         {},
