@@ -125,6 +125,8 @@ class KeyRules:
     # The ignore list as the request's raw header names are: lower-case bytes.
     _ignored: frozenset[bytes] = field(init=False, repr=False, compare=False, default=frozenset())
     _ignored_prefixes: tuple[bytes, ...] = field(init=False, repr=False, compare=False, default=())
+    # The last JSON body keyed, and its canonical form (see ``canonical_body``).
+    _last_json: list[tuple[bytes, bytes]] = field(init=False, repr=False, compare=False, default_factory=list)
 
     def __post_init__(self) -> None:
         lowered = frozenset(name.lower() for name in self.ignore_headers)
@@ -136,6 +138,7 @@ class KeyRules:
         object.__setattr__(self, "_ignored", frozenset(name.encode("latin-1") for name in kept))
         prefixes = tuple(sorted(name[:-1].encode("latin-1") for name in lowered if name.endswith("*")))
         object.__setattr__(self, "_ignored_prefixes", prefixes)
+        self._last_json.append((b"", b""))
 
     def key(self, parts: RequestParts) -> str:
         """The key of *parts*: the same as the transport makes for the same request."""
@@ -223,6 +226,20 @@ class KeyRules:
         """The body as it takes part in the key: canonical JSON where it is JSON."""
         if not body or b"json" not in content_type.lower():
             return b"B" + body
+        # The callers of one flight send one body, byte for byte, one after the other:
+        # the last one's canonical form serves the next for the price of a comparison
+        # (a parse and two renderings saved), and costs a body that differs about as
+        # little. Only bodies of small size are kept, one at a time.
+        last = self._last_json
+        body_then, canonical = last[0]
+        if body == body_then:
+            return canonical
+        canonical = self._canonical_json(body)
+        if len(body) <= MAX_KEPT_BODY:
+            last[0] = (body, canonical)
+        return canonical
+
+    def _canonical_json(self, body: bytes) -> bytes:
         try:
             document = orjson.loads(body)
             # A body that is orjson's own rendering of what it parsed to lost nothing on
@@ -247,6 +264,10 @@ class KeyRules:
         if not exact and _has_duplicate_keys(body, canonical.count(b":") + dropped.count(b":")):
             return b"B" + body
         return b"J" + canonical
+
+
+#: The largest JSON body whose canonical form is kept for the next (see ``canonical_body``).
+MAX_KEPT_BODY = 64 * 1024
 
 
 #: A colon written as an escape inside a string (``\u003a``), counted only when its

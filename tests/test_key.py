@@ -266,3 +266,18 @@ def test_a_header_plan_picks_what_the_header_by_header_loop_picks(
             else rules.digest_lines(*parts, lines, b"{}", b"")
         )
         assert planned_key == rules.key_of(*parts, looped.headers, b"{}", b"")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    bodies=st.lists(
+        st.sampled_from([b'{"q": 1}', b'{"q":1}', b'{"q": 2}', b'{"a":1,"a":2}', b"[1]"]), max_size=8
+    )
+)
+def test_a_body_keyed_after_another_is_keyed_as_if_first(bodies: list[bytes]) -> None:
+    # The last JSON body's canonical form is kept for the next: never for a different one.
+    rules = KeyRules()
+    for body in bodies:
+        assert rules.canonical_body(body, b"application/json") == KeyRules().canonical_body(
+            body, b"application/json"
+        )
