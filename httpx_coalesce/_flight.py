@@ -511,12 +511,6 @@ class Flight:
 
     # -- callers coming and going -----------------------------------------------------
 
-    def seat(self, leader: bool) -> Seat:
-        seat = Seat(self, leader)
-        self.seats.add(seat)
-        self.joined += 1
-        return seat
-
     def take_body(self, seat: Seat) -> bytes | None:
         """The body, if it is complete and whole, and *seat* leaves the flight with it
         (it needs no seat to read it); else None, and *seat* stays."""
@@ -635,10 +629,15 @@ class FlightTable:
                 flight = Flight(self, key, self.make_signal(self.lock))
                 self.flights[key] = flight
                 logger.debug("flight %s started for key %s", flight.id, key[:12])
-                return flight.seat(leader=True)
-            if len(flight.seats) >= self.limits.max_waiters:
+                leader = True
+            elif len(flight.seats) >= self.limits.max_waiters:
                 return "max_waiters"
-            return flight.seat(leader=False)
+            else:
+                leader = False
+            seat = Seat(flight, leader)
+            flight.seats.add(seat)
+            flight.joined += 1
+            return seat
 
     def leave_later(self, seat: Seat) -> None:
         """Give *seat* back for a stream nobody closed, from its finalizer.

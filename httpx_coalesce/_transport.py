@@ -272,7 +272,12 @@ class CoalescingTransport(_Bases):
     ) -> Any:
         """What a caller does with its flight's outcome: answer, raise, retry or go alone."""
         if isinstance(outcome, Head):
-            _count_seated(self._counters, seat, request, coalesced=not seat.leader)
+            # _count_seated's, written out: every caller that gets an answer comes here.
+            flight = seat.flight
+            leader = seat.leader
+            self._counters.request(
+                LED if leader else JOINED, request, None, flight.id, flight.joined, not leader
+            )
             return build_response(library, seat, outcome, request, is_async)
         seat.leave()
         if outcome is None:
