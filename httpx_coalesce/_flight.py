@@ -515,10 +515,9 @@ class Flight:
         """The body, if it is complete and whole, and *seat* leaves the flight with it
         (it needs no seat to read it); else None, and *seat* stays."""
         with self.lock:
-            replay = self.replay
-            if not (replay.complete and replay.whole):
+            body = self.replay.whole_body()
+            if body is None:
                 return None
-            body = replay.body()
             if len(self.seats) > 1 and not (seat.left or seat.whole or self.oversized):
                 # Others stay seated, nothing is spooled for this reader: leaving is only
                 # giving the seat back, under the lock already held (the usual case for

@@ -221,6 +221,14 @@ class Replay:
         self.cached += size
         return joined, end
 
+    def whole_body(self) -> bytes | None:
+        """``body()`` if the body is complete and whole, else None: one call per caller
+        that takes it (every follower of a buffered response)."""
+        if not self.complete or self._first != 0:
+            return None
+        body = self._body
+        return self.body() if body is None else body
+
     def body(self) -> bytes:
         """The complete, whole body as one bytes object, joined at most once."""
         if self._body is None:
