@@ -224,7 +224,8 @@ class KeyRules:
 
     def canonical_body(self, body: bytes, content_type: bytes) -> bytes:
         """The body as it takes part in the key: canonical JSON where it is JSON."""
-        if not body or b"json" not in content_type.lower():
+        # find, not ``in`` (see header_lines_of): once per request.
+        if not body or content_type.lower().find(b"json") < 0:
             return b"B" + body
         # The callers of one flight send one body, byte for byte, one after the other:
         # the last one's canonical form serves the next for the price of a comparison
@@ -313,19 +314,27 @@ def _header_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
     return b"N" + b"".join([b"%d %d %s%s" % (len(name), len(value), name, value) for name, value in headers])
 
 
-def header_template(names: Iterable[bytes]) -> bytes:
+def header_template(names: Iterable[bytes]) -> bytes | None:
     """What ``header_lines_of`` renders the values of headers *names* (in the key's
-    order) with: ``_header_lines``'s plain form, with a ``%s`` for each value."""
+    order) with: ``_header_lines``'s plain form, with a ``%s`` for each value. None if
+    a name holds a separator (such headers are written with their lengths)."""
+    joined = b"".join(names)
+    if b"\0" in joined or b"\n" in joined:
+        return None
     return b"L" + b"".join([name.replace(b"%", b"%%") + b"\0%s\n" for name in names])
 
 
 def header_lines_of(template: bytes, names: tuple[bytes, ...], values: tuple[bytes, ...]) -> bytes:
     """``_header_lines`` of the headers *names* with *values*, in the key's order, from
     their ``header_template``: one formatting in C for all of them, the same bytes."""
-    lines = template % values
-    if lines.count(b"\0") == lines.count(b"\n") == len(values):
-        return lines
-    return _header_lines(list(zip(names, values, strict=True)))
+    # The names hold no separator (see header_template): only the values need looking
+    # at, in two searches of memchr's speed rather than two counts over every line.
+    # (find, not ``in``: on bytes, ``in`` first tries its operand as an integer, and
+    # pays for the TypeError it makes and drops.)
+    joined = b"".join(values)
+    if joined.find(b"\0") >= 0 or joined.find(b"\n") >= 0:
+        return _header_lines(list(zip(names, values, strict=True)))
+    return template % values
 
 
 def _raw(text: str) -> bytes:

@@ -55,12 +55,15 @@ class _Plan:
 
     __slots__ = ("content_type", "host", "names", "pick", "template")
 
-    def __init__(self, names: tuple[bytes, ...], kept: list[int], content_type: int, host: int) -> None:
+    def __init__(
+        self, names: tuple[bytes, ...], kept: list[int], template: bytes, content_type: int, host: int
+    ) -> None:
         #: The lower-cased names the key takes, in the key's order.
         self.names = names
         #: The values of those headers, in that order, from all the request's values.
         self.pick: Callable[[tuple[bytes, ...]], tuple[bytes, ...]] = _picker(kept)
-        self.template = header_template(names)
+        #: Renders those values as the key's header lines (see ``_key.header_lines_of``).
+        self.template = template
         #: Where the request's values hold its content type (the last one), or -1.
         self.content_type = content_type
         #: Where ``pick``'s values hold the Host header, to be normalised, or -1.
@@ -77,7 +80,7 @@ def _picker(indices: list[int]) -> Callable[[tuple[bytes, ...]], tuple[bytes, ..
 
 
 #: The plan for names that the header-by-header loop must see: an opt-out or Upgrade
-#: header, or two Host headers.
+#: header, two Host headers, or a name that holds a separator of the key's lines.
 _LOOP = object()
 
 
@@ -149,7 +152,9 @@ class HeaderRoles:
                 kept.sort(key=_first)  # stable, as the key sorts its headers
                 names = tuple(name for name, _ in kept)
                 host = names.index(b"host") if hosts and b"host" in names else -1
-                plan = _Plan(names, [index for _, index in kept], content_type, host)
+                template = header_template(names)
+                if template is not None:
+                    plan = _Plan(names, [index for _, index in kept], template, content_type, host)
         plans = self._plans
         if len(plans) >= MAX_PLANS:
             plans.clear()
