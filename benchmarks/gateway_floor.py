@@ -1,13 +1,17 @@
 """The gateway against its own floor: a bare forwarder on the same server and client.
 
-``python -m benchmarks.gateway_floor``. Three targets, measured in interleaved rounds
+``python -m benchmarks.gateway_floor``. Four targets, measured in interleaved rounds
 in one run: the bench server called directly; a bare forwarder (the gateway's server,
 its settings, protocol, header rules and upstream pool, but no coalescing, no metrics,
-no access log); and the gateway (``--no-access-log``). One client connection sends
-unique chat completions one after another (unique: nothing coalesces, so this is the
-price every request pays). Reported: the median latency each adds over the direct
-call, and the server's CPU per request, with the gateway's as a ratio to the
-forwarder's.
+no access log); the same forwarder through ``benchmarks.floor``'s FloorTransport (the
+least any coalescer keeping the promises must do: a key over the canonical body, the
+upstream call in a task of its own, a response per caller); and the gateway
+(``--no-access-log``). One client connection sends unique chat completions one after
+another (unique: nothing coalesces, so this is the price every request pays).
+Reported: the median latency each adds over the direct call, and the server's CPU per
+request, with the gateway's as a ratio to the bare forwarder's and to the floor
+forwarder's: the first is what the issue targets, the second how far the gateway is
+from what any coalescing gateway could reach.
 
 ``--against DIR`` adds the gateway of another checkout (say a worktree of ``main``) to
 the same rounds, so a change is measured before and after under the same load.
@@ -37,8 +41,9 @@ from .stats import Spread, percentile, ratios, spread
 Message = MutableMapping[str, Any]
 
 
-def forwarder(upstream: str) -> Any:
-    """The bare forwarder's ASGI app: what the gateway does to a request, minus coalescing."""
+def forwarder(upstream: str, floor: bool = False) -> Any:
+    """The bare forwarder's ASGI app: what the gateway does to a request, minus coalescing
+    (*floor*: through the FloorTransport, the least coalescing there is)."""
     try:
         import httpx2 as http
     except ImportError:  # pragma: no cover
@@ -47,7 +52,11 @@ def forwarder(upstream: str) -> Any:
     from httpx_coalesce.gateway._connections import upstream_transport
     from httpx_coalesce.gateway._proxy import request_headers, response_headers
 
-    transport = upstream_transport(100)
+    transport: Any = upstream_transport(100)
+    if floor:
+        from .floor import FloorTransport
+
+        transport = FloorTransport(transport)
 
     async def app(scope: Message, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -84,13 +93,13 @@ def forwarder(upstream: str) -> Any:
     return app
 
 
-def serve_forwarder(port: int, upstream: str) -> None:
+def serve_forwarder(port: int, upstream: str, floor: bool = False) -> None:
     import uvicorn
 
     from httpx_coalesce.gateway._protocol import GatewayProtocol
 
     uvicorn.run(
-        forwarder(upstream),
+        forwarder(upstream, floor),
         host="127.0.0.1",
         port=port,
         loop="uvloop",
@@ -112,6 +121,11 @@ def _commands(upstream: str, against: str | None) -> dict[str, tuple[list[str], 
     port = free_port()
     commands["forwarder"] = (
         [PYTHON, "-m", "benchmarks.gateway_floor", "--serve-forwarder", str(port), upstream],
+        port,
+    )
+    port = free_port()
+    commands["floor"] = (
+        [PYTHON, "-m", "benchmarks.gateway_floor", "--serve-forwarder", str(port), upstream, "floor"],
         port,
     )
     port = free_port()
@@ -196,14 +210,17 @@ def main() -> int:
         metavar="N",
         help="also count each server's instructions over N requests (needs valgrind)",
     )
-    parser.add_argument("--serve-forwarder", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--serve-forwarder", nargs="+", metavar="PORT UPSTREAM [floor]", help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.serve_forwarder:
-        serve_forwarder(int(args.serve_forwarder[0]), args.serve_forwarder[1])
+        port, upstream, *floor = args.serve_forwarder
+        serve_forwarder(int(port), upstream, floor == ["floor"])
         return 0
     with BenchServer() as server:
         commands = _commands(server.url, args.against)
-        gateways = [name for name in commands if name != "forwarder"]
+        gateways = [name for name in commands if name not in ("forwarder", "floor")]
         latency: dict[str, list[float]] = {name: [] for name in ["direct", *commands]}
         cpu: dict[str, list[float]] = {name: [] for name in commands}
         processes: dict[str, Process] = {}
@@ -245,13 +262,13 @@ def main() -> int:
         if name in instructions:
             line += f", {instructions[name] / 1000:,.0f}k instructions"
         print(line + " per request")
-    for name in gateways:
+    for name, floor in [("floor", "forwarder"), *((g, f) for g in gateways for f in ("forwarder", "floor"))]:
         # Paired by round: a burst of load from elsewhere hits both of a round alike.
-        latency_ratio = ratios(added[name], added["forwarder"])
-        cpu_ratio = ratios(cpu[name], cpu["forwarder"])
-        line = f"  {name} / forwarder: latency added {_ratio(latency_ratio)}, CPU {_ratio(cpu_ratio)}"
+        latency_ratio = ratios(added[name], added[floor])
+        cpu_ratio = ratios(cpu[name], cpu[floor])
+        line = f"  {name} / {floor}: latency added {_ratio(latency_ratio)}, CPU {_ratio(cpu_ratio)}"
         if name in instructions:
-            line += f", instructions {instructions[name] / instructions['forwarder']:.3f}x"
+            line += f", instructions {instructions[name] / instructions[floor]:.3f}x"
         print(line)
     return 0
 
