@@ -111,7 +111,7 @@ class Flight:
         "body",
         "demand",
         "error",
-        "follower_info",
+        "follower_kit",
         "head",
         "id",
         "joinable",
@@ -180,8 +180,8 @@ class Flight:
         #: The backend answered from another process (its leader, or the fleet window):
         #: the leader's caller saved a call too, like its followers.
         self.answered_elsewhere = False
-        #: The ``CoalesceInfo`` its followers' responses share (see ``_response``).
-        self.follower_info: Any = None
+        #: What its followers' responses are made of (see ``_response._FollowerKit``).
+        self.follower_kit: Any = None
 
     def __repr__(self) -> str:
         return f"<Flight {self.id} key={self.key[:12]} {self.state.value} seats={len(self.seats)}>"

@@ -270,52 +270,77 @@ def extensions(head: Head, info: CoalesceInfo) -> dict[str, Any]:
     return result
 
 
+class _FollowerKit:
+    """What the responses of a flight's followers are made of, made once for all of
+    them answered in one library with one count of callers (all of them, when they
+    joined before the answer came): the frozen ``CoalesceInfo`` (a frozen dataclass
+    costs a call per field to make), the headers every Response copies, the extensions
+    every Response copies too, and the stream class of a body already whole.
+
+    (All of a flight's callers wait in one world, its table's: all async or all sync.)
+    """
+
+    __slots__ = ("body_stream", "callers", "extensions", "headers", "library")
+
+    def __init__(self, library: Library, head: Head, callers: int, flight_id: str, is_async: bool) -> None:
+        self.library = library
+        self.callers = callers
+        self.headers = head.headers_in(library.module)
+        self.extensions = extensions(head, CoalesceInfo(leader=False, callers=callers, flight_id=flight_id))
+        self.body_stream = library.stream_class(_BodyStream, is_async)
+
+
 def build_response(library: Library, seat: Seat, head: Head, request: Any, is_async: bool) -> Any:
     flight = seat.flight
-    if seat.leader:
-        info = CoalesceInfo(leader=True, callers=flight.joined, flight_id=flight.id)
-    else:
-        # Followers answered with the same count of callers (all of them, when they
-        # joined before the answer came) share one: it is frozen, and a frozen
-        # dataclass costs a call per field to make.
-        info = flight.follower_info
-        if info is None or info.callers != flight.joined:
-            info = flight.follower_info = CoalesceInfo(
-                leader=False, callers=flight.joined, flight_id=flight.id
-            )
-    if seat.leader:
-        upstream = flight.take_upstream_response()
-        if isinstance(upstream, library.Response):
-            # The leader's own request was the one sent: it gets the very response its
-            # transport made (headers, extensions and all, as alone).
-            if hasattr(upstream, "_content"):
-                # Already read by its transport (MockTransport's and respx's content=,
-                # a cache's): it serves read() and iter_bytes() from its content, as
-                # alone, and needs no seat to read the shared body.
-                seat.leave()
-                upstream.extensions["coalesce"] = info
-                return upstream
-            if not upstream.is_stream_consumed and not upstream.is_closed:
-                upstream.stream = _stream_of(library, seat, request, is_async)
-                upstream.extensions["coalesce"] = info
-                return upstream
+    if not seat.leader:
+        kit = flight.follower_kit
+        if kit is None or kit.callers != flight.joined or kit.library is not library:
+            kit = flight.follower_kit = _FollowerKit(library, head, flight.joined, flight.id, is_async)
+        return library.Response(
+            head.status,
+            headers=kit.headers,
+            stream=_stream_of(library, seat, request, is_async, kit.body_stream),
+            request=request,
+            extensions=kit.extensions,
+        )
+    info = CoalesceInfo(leader=True, callers=flight.joined, flight_id=flight.id)
+    upstream = flight.take_upstream_response()
+    if isinstance(upstream, library.Response):
+        # The leader's own request was the one sent: it gets the very response its
+        # transport made (headers, extensions and all, as alone).
+        if hasattr(upstream, "_content"):
+            # Already read by its transport (MockTransport's and respx's content=,
+            # a cache's): it serves read() and iter_bytes() from its content, as
+            # alone, and needs no seat to read the shared body.
+            seat.leave()
+            upstream.extensions["coalesce"] = info
+            return upstream
+        if not upstream.is_stream_consumed and not upstream.is_closed:
+            upstream.stream = _stream_of(library, seat, request, is_async)
+            upstream.extensions["coalesce"] = info
+            return upstream
     return library.Response(
         head.status,
-        headers=head.headers_in(library.module, seat.leader),
+        headers=head.headers_in(library.module, True),
         stream=_stream_of(library, seat, request, is_async),
         request=request,
         extensions=extensions(head, info),
     )
 
 
-def _stream_of(library: Library, seat: Seat, request: Any, is_async: bool) -> Any:
-    """The caller's own stream over the shared body."""
+def _stream_of(
+    library: Library, seat: Seat, request: Any, is_async: bool, body_stream: type[Any] | None = None
+) -> Any:
+    """The caller's own stream over the shared body (*body_stream*: the stream class of
+    a whole body, if known)."""
     flight = seat.flight
     body = flight.take_body(seat)
     if body is not None:
         # The body is all here (the usual case: a buffered response): the caller needs
         # no seat to read it, only the one shared bytes object.
-        return library.stream_class(_BodyStream, is_async)(body)
+        if body_stream is None:
+            body_stream = library.stream_class(_BodyStream, is_async)
+        return body_stream(body)
     cls = library.stream_class(_AsyncSeatStream if is_async else _SyncSeatStream, is_async)
     return cls(seat, request, library)
 
