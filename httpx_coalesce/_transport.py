@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Generator
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
@@ -142,41 +142,32 @@ class CoalescingTransport(_Bases):
     @overload
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response: ...
     async def handle_async_request(self, request: Any) -> Any:
-        # The request loop, as in handle_request; the faces differ only in how they lead
-        # a flight and wait for it. (Written out in each, not shared through a generator:
-        # its making, resuming and StopIteration cost a follower more than these lines.)
         library, key = self._begin(request)
         if key is not None:
-            table = self._async_table()
-            for attempt in _ATTEMPTS:
-                seat = self._enter(table, key, request, library, attempt, is_async=True)
-                if not isinstance(seat, Seat):
-                    if seat is _PASS_THROUGH:
-                        break
-                    return seat  # a response from the window
-                flight = seat.flight
-                # The leader needs no deadline of its own: the upstream call runs under its timeouts.
-                budget = None if seat.leader else _head_budget(request)
-                if seat.leader:
-                    send = self._async_sender(library, key, flight)
+            steps = self._coalesce(request, library, key, is_async=True)
+            try:
+                seat, budget = next(steps)
+                while True:
+                    flight = seat.flight
+                    if seat.leader:
+                        send = self._async_sender(library, key, flight)
+                        try:
+                            cancel = spawn_detached(partial(pump_async, flight, send, request, self._limits))
+                        except Exception:
+                            # No task, no answer: its callers must not wait for one.
+                            flight.abandon()
+                        else:
+                            if not flight.set_canceller(cancel):
+                                cancel()
                     try:
-                        cancel = spawn_detached(partial(pump_async, flight, send, request, self._limits))
-                    except Exception:
-                        # No task, no answer: its callers must not wait for one.
-                        flight.abandon()
-                    else:
-                        if not flight.set_canceller(cancel):
-                            cancel()
-                try:
-                    outcome = await flight.wait_async(flight.outcome, budget)
-                except BaseException:
-                    self._left_waiting(seat, request)
-                    raise
-                settled = self._settle(seat, outcome, request, library, attempt, is_async=True)
-                if settled is _PASS_THROUGH:
-                    break
-                if settled is not _RETRY:
-                    return settled
+                        outcome = await flight.wait_async(flight.outcome, budget)
+                    except BaseException as error:
+                        steps.throw(error)  # leaves the seat and raises *error* again
+                        raise
+                    seat, budget = steps.send(outcome)
+            except StopIteration as done:
+                if done.value is not _PASS_THROUGH:
+                    return done.value
         self._counters.upstream(request)
         return await self._inner(library, is_async=True).handle_async_request(request)
 
@@ -185,47 +176,62 @@ class CoalescingTransport(_Bases):
     @overload
     def handle_request(self, request: httpx2.Request) -> httpx2.Response: ...
     def handle_request(self, request: Any) -> Any:
-        """The request loop: each seat taken is led if it is the leader's, then waited
-        on; its outcome answers, raises, joins again (at most twice), or sends the
-        request alone."""
         library, key = self._begin(request)
         if key is not None:
-            table = self._sync_table
-            for attempt in _ATTEMPTS:
-                seat = self._enter(table, key, request, library, attempt, is_async=False)
-                if not isinstance(seat, Seat):
-                    if seat is _PASS_THROUGH:
-                        break
-                    return seat  # a response from the window
-                flight = seat.flight
-                budget = None if seat.leader else _head_budget(request)
-                if seat.leader:
-                    # Sent from this very thread, as alone: the inner transport sees this
-                    # caller's thread, its thread-locals and its contextvars.
-                    lead_sync(
-                        flight,
-                        self._sync_sender(library, key, flight),
-                        request,
-                        self._limits,
-                        self._pump_body,
-                    )
-                try:
-                    outcome = flight.wait(flight.outcome, budget)
-                except BaseException:
-                    self._left_waiting(seat, request)
-                    raise
-                settled = self._settle(seat, outcome, request, library, attempt, is_async=False)
-                if settled is _PASS_THROUGH:
-                    break
-                if settled is not _RETRY:
-                    return settled
+            steps = self._coalesce(request, library, key, is_async=False)
+            try:
+                seat, budget = next(steps)
+                while True:
+                    flight = seat.flight
+                    if seat.leader:
+                        # Sent from this very thread, as alone: the inner transport sees this
+                        # caller's thread, its thread-locals and its contextvars.
+                        lead_sync(
+                            flight,
+                            self._sync_sender(library, key, flight),
+                            request,
+                            self._limits,
+                            self._pump_body,
+                        )
+                    try:
+                        outcome = flight.wait(flight.outcome, budget)
+                    except BaseException as error:
+                        steps.throw(error)  # leaves the seat and raises *error* again
+                        raise
+                    seat, budget = steps.send(outcome)
+            except StopIteration as done:
+                if done.value is not _PASS_THROUGH:
+                    return done.value
         self._counters.upstream(request)
         return self._inner(library, is_async=False).handle_request(request)
 
-    def _left_waiting(self, seat: Seat, request: Any) -> None:
-        """The wait for the head raised (a cancellation, an interrupt): the caller leaves."""
-        seat.leave()
-        _count_seated(self._counters, seat, request)
+    def _coalesce(
+        self, request: Any, library: Library, key: str, is_async: bool
+    ) -> Generator[_Wait, Head | BaseException | None, Any]:
+        """The request loop, one piece of code for both faces, which differ only in how
+        they lead a flight and wait for it.
+
+        It yields each seat it takes, with how long its caller may wait for the head;
+        the face leads the flight if the seat is the leader's, waits, and sends back the
+        outcome (or throws in what the wait raised). It returns the response, or
+        ``_PASS_THROUGH``: the face sends the request alone.
+        """
+        table = self._async_table() if is_async else self._sync_table
+        for attempt in _ATTEMPTS:
+            entered = self._enter(table, key, request, library, attempt, is_async)
+            if not isinstance(entered, Seat):
+                return entered  # a response from the window, or _PASS_THROUGH
+            try:
+                # The leader needs no deadline of its own: the upstream call runs under its timeouts.
+                outcome = yield entered, None if entered.leader else _head_budget(request)
+            except BaseException:
+                entered.leave()
+                _count_seated(self._counters, entered, request)
+                raise
+            settled = self._settle(entered, outcome, request, library, attempt, is_async)
+            if settled is not _RETRY:
+                return settled
+        return _PASS_THROUGH
 
     def _begin(self, request: Any) -> tuple[Library, str | None]:
         """What both faces do first: the request's library, and its key (None: it
@@ -570,6 +576,9 @@ class _PassThrough:
 
 _RETRY = _Retry()
 _PASS_THROUGH = _PassThrough()
+#: What the request loop asks of its face: lead this seat's flight if the seat is the
+#: leader's, then wait for its outcome at most this many seconds (None: no limit).
+_Wait = tuple[Seat, float | None]
 #: A caller joins at most twice: a second flight that also fails it sends it alone.
 #: (A range: its iterator, alive while its caller waits, is no object the garbage
 #: collector walks, as a tuple's is.)
