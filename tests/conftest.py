@@ -113,11 +113,25 @@ def api(fake_server: tuple[FakeLLMAPI, str]) -> Iterator[FakeLLMAPI]:
     until_sync(lambda: api.open_streams == 0 and api.held == 0)
 
 
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait for a condition to hold (tests overlap requests on conditions, not on time)."""
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(0.001)
+async def until(
+    condition: Callable[[], bool], timeout: float = 10.0, describe: Callable[[], str] | None = None
+) -> None:
+    """Wait for a condition to hold (tests overlap requests on conditions, not on time).
+
+    If it never does, the TimeoutError says what *describe* saw then (the state the
+    condition looks at), so a failure tells which part of it did not hold."""
+    try:
+        with anyio.fail_after(timeout):
+            while not condition():
+                await anyio.sleep(0.001)
+    except TimeoutError:
+        _timed_out(timeout, describe)
+        raise
+
+
+def _timed_out(timeout: float, describe: Callable[[], str] | None) -> None:
+    if describe is not None:
+        raise TimeoutError(f"condition never held within {timeout} s; saw: {describe()}") from None
 
 
 def until_sync(condition: Callable[[], bool], timeout: float = 10.0) -> None:

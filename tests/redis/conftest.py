@@ -132,6 +132,12 @@ class Worker:
         assert self.process.returncode == 0, self.stderr
         return self.events["done"]
 
+    def stderr_now(self) -> str:
+        """What it wrote to stderr, once it has exited (killed, say)."""
+        if self.process.poll() is not None:
+            self._readers[1].join(timeout=5)
+        return self.stderr
+
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()

@@ -27,6 +27,7 @@ import anyio
 import anyio.to_thread
 import httpx
 import pytest
+import redis
 
 from httpx_coalesce import CoalescingTransport
 from httpx_coalesce.redis import RedisBackend
@@ -78,6 +79,30 @@ def healed(cluster: Cluster) -> Iterator[Cluster]:
         keys = list(client.scan_iter(match=f"{PREFIX}*", target_nodes=client.PRIMARIES))
         for key in keys:
             client.delete(key)
+
+
+def connections(nodes: list[Node], prefix: str) -> str:
+    """The connections named *prefix*... on each live node: name, flags, command (what a
+    failure message shows of the followers' reads)."""
+    lines = []
+    for node in nodes:
+        if node.process is None or node.process.poll() is not None:
+            lines.append(f"  {node.port}: down")
+            continue
+        try:
+            with node.client() as client:
+                role = client.info("replication").get("role")
+                entries = client.client_list()
+        except redis.RedisError as error:
+            lines.append(f"  {node.port}: {type(error).__name__}: {error}")
+            continue
+        named = [
+            f"{entry.get('name')}[{entry.get('flags')} {entry.get('cmd')} age={entry.get('age')}]"
+            for entry in entries
+            if entry.get("name", "").startswith(prefix)
+        ]
+        lines.append(f"  {node.port} ({role}): {', '.join(named) or '-'}")
+    return "\n".join(lines)
 
 
 def blocked_on(nodes: list[Node], name: str) -> int:
@@ -135,11 +160,10 @@ async def ride_out_a_failover(
     method, path = STREAMED if answer == "streamed" else BUFFERED
     streamed = answer == "streamed"
     upstream.hold()
+    transports = [make_transport(backend=backend) for backend in backends]
     clients = [
-        httpx.AsyncClient(
-            transport=make_transport(backend=backend), base_url=base_url, headers=HEADERS, timeout=30.0
-        )
-        for backend in backends
+        httpx.AsyncClient(transport=transport, base_url=base_url, headers=HEADERS, timeout=30.0)
+        for transport in transports
     ]
     leader, follower = (Callers(client, method, path) for client in clients)
     others = fleet({**config(base_url, "", PREFIX, path, method), **worker, "mode": "sync"})
@@ -165,7 +189,29 @@ async def ride_out_a_failover(
                 and blocked_on(nodes(), f"{PREFIX}fleet") == 1
             )
 
-        await until(waiting, timeout=30)
+        def seen() -> str:
+            stats = [transport.stats() for transport in transports]
+            return "\n".join(
+                [
+                    f"{upstream.total} upstream call(s); worker events {sorted(others.events)}"
+                    f" (exit {others.process.poll()}); follower callers started {follower.started}",
+                    *(
+                        f"{name}: in_flight {s.in_flight}, waiters {s.waiters}, led {s.redis_led},"
+                        f" followed {s.redis_followed}, redis errors {s.redis_errors}"
+                        for name, s in zip(("leader", "follower"), stats, strict=True)
+                    ),
+                    f"blocked: {follower_name} {blocked_on(nodes(), follower_name)},"
+                    f" {PREFIX}fleet {blocked_on(nodes(), f'{PREFIX}fleet')}",
+                    "connections:",
+                    connections(nodes(), PREFIX),
+                ]
+            )
+
+        try:
+            await until(waiting, timeout=30, describe=seen)
+        except TimeoutError as error:
+            others.kill()
+            raise AssertionError(f"{error}\nworker stderr:\n{others.stderr_now()[-20000:]}") from None
         await anyio.to_thread.run_sync(fail_over)
         upstream.gate.set()
     done = others.done()
