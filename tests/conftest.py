@@ -9,6 +9,7 @@ from types import ModuleType
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import httpx
 import pytest
 
@@ -124,6 +125,24 @@ async def until(
         with anyio.fail_after(timeout):
             while not condition():
                 await anyio.sleep(0.001)
+    except TimeoutError:
+        _timed_out(timeout, describe)
+        raise
+
+
+async def until_in_thread(
+    condition: Callable[[], bool],
+    timeout: float = 10.0,
+    describe: Callable[[], str] | None = None,
+    interval: float = 0.02,
+) -> None:
+    """``until`` for a condition that blocks (it asks a server): looked at in a worker
+    thread every *interval* seconds. Blocking calls every millisecond in the event loop
+    would starve the transports under test that run in it."""
+    try:
+        with anyio.fail_after(timeout):
+            while not await anyio.to_thread.run_sync(condition):
+                await anyio.sleep(interval)
     except TimeoutError:
         _timed_out(timeout, describe)
         raise

@@ -1,12 +1,12 @@
 """A failover mid-flight fails nobody: Redis Cluster and Sentinel, streamed and buffered.
 
 A leader transport sends the request upstream, which holds its answer at a gate (a
-streamed answer after its first event); a follower transport (its own backend and
-connections, as another process would have) and a worker process of sync callers
-follow the round through Redis. Once every follower waits (streamed: has handed out
-the first event), the test SIGKILLs the master that serves the round (a Cluster
-master owning the key's slot, or Sentinel's master), waits until its replica is
-promoted and serves, then opens the gate.
+streamed answer after its first event); then a follower transport (its own backend
+and connections, as another process would have) and a worker process of sync callers
+join and follow the round through Redis. Once every follower waits (streamed: has
+handed out the first event), the test SIGKILLs the master that serves the round (a
+Cluster master owning the key's slot, or Sentinel's master), waits until its replica
+is promoted and serves, then opens the gate.
 
 Pass condition, both topologies and both kinds of answer: every caller gets the whole
 body, byte for byte, none gets an error (0 ``ReadError`` while the leader lives), and
@@ -32,7 +32,7 @@ import redis
 from httpx_coalesce import CoalescingTransport
 from httpx_coalesce.redis import RedisBackend
 
-from ..conftest import until
+from ..conftest import until, until_in_thread
 from ..upstream import Upstream
 from .conftest import Worker
 from .servers import Cluster, Node, Sentinel
@@ -166,20 +166,52 @@ async def ride_out_a_failover(
         for transport in transports
     ]
     leader, follower = (Callers(client, method, path) for client in clients)
-    others = fleet({**config(base_url, "", PREFIX, path, method), **worker, "mode": "sync"})
     follower_name = f"{PREFIX}follower"
+    others: Worker | None = None
+
+    def seen() -> str:
+        stats = [transport.stats() for transport in transports]
+        worker = (
+            "not started"
+            if others is None
+            else f"events {sorted(others.events)}, exit {others.process.poll()}"
+        )
+        return "\n".join(
+            [
+                f"{upstream.total} upstream call(s); worker {worker};"
+                f" follower callers started {follower.started}",
+                *(
+                    f"{name}: in_flight {s.in_flight}, waiters {s.waiters}, led {s.redis_led},"
+                    f" followed {s.redis_followed}, redis errors {s.redis_errors}"
+                    for name, s in zip(("leader", "follower"), stats, strict=True)
+                ),
+                f"blocked: {follower_name} {blocked_on(nodes(), follower_name)},"
+                f" {PREFIX}fleet {blocked_on(nodes(), f'{PREFIX}fleet')}",
+                "connections:",
+                connections(nodes(), PREFIX),
+            ]
+        )
 
     def holding() -> bool:
-        return upstream.holding.is_set() if streamed else upstream.total == 1
+        # The round is the leader transport's: it holds the lease (the other members
+        # only start now, so none of them can win the election first).
+        held = upstream.holding.is_set() if streamed else upstream.total == 1
+        return held and transports[0].stats().redis_led == 1
 
     async with clients[0], clients[1], anyio.create_task_group() as group:
         for _ in range(LOCAL_CALLERS):
             group.start_soon(leader.call)
-        await until(holding)
+        await until(holding, timeout=30, describe=seen)
+        # Started with the leader's callers, the worker process won the election now and
+        # then on a busy machine (its sync client is ready as soon as the process is,
+        # while the leader's asyncio cluster client still looks at the cluster): it led
+        # the round, the leader transport followed it, and no fleet reader ever blocked.
+        others = fleet({**config(base_url, "", PREFIX, path, method), **worker, "mode": "sync"})
         for _ in range(LOCAL_CALLERS):
             group.start_soon(follower.call)
 
         def waiting() -> bool:
+            assert others is not None
             ready = others.has("first") if streamed else others.has("joined")
             if streamed:
                 ready = ready and follower.started == LOCAL_CALLERS
@@ -189,31 +221,16 @@ async def ride_out_a_failover(
                 and blocked_on(nodes(), f"{PREFIX}fleet") == 1
             )
 
-        def seen() -> str:
-            stats = [transport.stats() for transport in transports]
-            return "\n".join(
-                [
-                    f"{upstream.total} upstream call(s); worker events {sorted(others.events)}"
-                    f" (exit {others.process.poll()}); follower callers started {follower.started}",
-                    *(
-                        f"{name}: in_flight {s.in_flight}, waiters {s.waiters}, led {s.redis_led},"
-                        f" followed {s.redis_followed}, redis errors {s.redis_errors}"
-                        for name, s in zip(("leader", "follower"), stats, strict=True)
-                    ),
-                    f"blocked: {follower_name} {blocked_on(nodes(), follower_name)},"
-                    f" {PREFIX}fleet {blocked_on(nodes(), f'{PREFIX}fleet')}",
-                    "connections:",
-                    connections(nodes(), PREFIX),
-                ]
-            )
-
         try:
-            await until(waiting, timeout=30, describe=seen)
+            # In a thread, every 20 ms: CLIENT LIST on every node every millisecond in the
+            # event loop would starve the transports that run in it.
+            await until_in_thread(waiting, timeout=30, describe=seen)
         except TimeoutError as error:
             others.kill()
             raise AssertionError(f"{error}\nworker stderr:\n{others.stderr_now()[-20000:]}") from None
         await anyio.to_thread.run_sync(fail_over)
         upstream.gate.set()
+    assert others is not None
     done = others.done()
 
     expected = EXPECTED_SSE.encode() if streamed else None
