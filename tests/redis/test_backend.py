@@ -17,7 +17,7 @@ import redis
 
 from httpx_coalesce import CoalescingTransport, Limits
 
-from ..conftest import until, until_sync
+from ..conftest import until, until_in_thread, until_sync
 from ..upstream import Upstream
 from .members import (
     Members,
@@ -427,11 +427,15 @@ async def test_leader_keeps_its_call_while_a_second_follower_takes_over_from_one
 
 @asyncio_only
 async def test_leader_whose_callers_all_leave_stops_its_call_when_nobody_follows(
-    upstream: Upstream, base_url: str, member: Members
+    upstream: Upstream, base_url: str, prefix: str, redis_client: redis.Redis, member: Members
 ) -> None:
     # A short lease: the leader looks for followers every half heartbeat (0.1 s here).
     leader = member("leader", lease=0.6)
     upstream.hold()
+
+    def leased() -> bool:
+        return any(True for _ in redis_client.scan_iter(match=f"{prefix}lease:*"))
+
     async with httpx.AsyncClient(transport=leader, base_url=base_url) as client:
         async with anyio.create_task_group() as callers:
             callers.start_soon(client.post, "/echo")
@@ -439,6 +443,10 @@ async def test_leader_whose_callers_all_leave_stops_its_call_when_nobody_follows
             callers.cancel_scope.cancel()
         # Nobody follows the round anywhere: the call is cancelled, as without Redis.
         await until(lambda: upstream.disconnects == 1)
+        # Then the round ends: its last record (the abort) releases the lease. The
+        # upstream sees the disconnect before that write is done, so the test waits
+        # for it rather than end first (and find the lease in Redis, within its TTL).
+        await until_in_thread(lambda: not leased())
     assert leader.stats().cancelled_flights == 1
 
 
