@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -143,28 +144,39 @@ async def clients(
 
 
 async def read_stream(
-    client: httpx.AsyncClient, path: str, catch: type[httpx.HTTPError] = httpx.HTTPError
+    client: httpx.AsyncClient,
+    path: str,
+    catch: type[httpx.HTTPError] = httpx.HTTPError,
+    progress: Callable[[bytes], None] | None = None,
 ) -> Outcome:
     """Streams a GET of *path*: what the caller got. An error other than *catch* fails
-    the test."""
+    the test. *progress*, if given, is told what the caller has so far, at each chunk."""
     received = b""
     try:
         async with client.stream("GET", path) as response:
             async for chunk in response.aiter_raw():
                 received += chunk
+                if progress is not None:
+                    progress(received)
     except catch as error:
         return received, f"{type(error).__name__}: {error}"
     return received, None
 
 
 def streaming(
-    path: str, outcomes: dict[str, Outcome], catch: type[httpx.HTTPError] = httpx.HTTPError
+    path: str,
+    outcomes: dict[str, Outcome],
+    catch: type[httpx.HTTPError] = httpx.HTTPError,
+    received: dict[str, bytes] | None = None,
 ) -> Call:
     """A call that streams a GET of *path* and keeps what it got in *outcomes*, under its
-    member's name (as soon as it has it: a test may wait for one caller's end)."""
+    member's name (as soon as it has it: a test may wait for one caller's end); and, if
+    *received* is given, what it has so far there, as it reads (a test may wait for a
+    caller to have the first bytes)."""
 
     async def call(name: str, client: httpx.AsyncClient) -> None:
-        outcomes[name] = await read_stream(client, path, catch)
+        progress = None if received is None else partial(received.__setitem__, name)
+        outcomes[name] = await read_stream(client, path, catch, progress)
 
     return call
 

@@ -489,13 +489,18 @@ async def test_streaming_follower_gets_a_read_error_when_the_body_grows_too_larg
     follower = member("follower")
     upstream.hold()
     outcomes: dict[str, Outcome] = {}
+    received: dict[str, bytes] = {}
     await lead_and_follow(
         leader,
         follower,
         base_url,
-        streaming("/sse?events=3&hold=1&pad=300", outcomes, httpx.ReadError),
+        streaming("/sse?events=3&hold=1&pad=300", outcomes, httpx.ReadError, received),
         arrived=upstream.holding.is_set,
-        following=member.following("follower"),
+        # The upstream answers on only once the follower's caller has the response and
+        # the first event: a follower that has handed out nothing yet when it learns of
+        # the limit sends its own request instead (and gets the whole body), which a
+        # Redis write or read slowed past its timeout would otherwise make it do.
+        following=lambda: "follower" in received,
         release=upstream.gate.set,
     )
 
