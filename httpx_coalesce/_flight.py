@@ -89,11 +89,14 @@ DETACHED = sys.maxsize
 class Seat:
     """One caller's place in a flight: its read position, and whether it led."""
 
-    __slots__ = ("flight", "leader", "left", "position", "whole")
+    __slots__ = ("attempt", "flight", "leader", "left", "position", "whole")
 
     def __init__(self, flight: Flight, leader: bool) -> None:
         self.flight = flight
         self.leader = leader
+        #: Which of its caller's attempts this is: a caller whose flight ends with no
+        #: answer for it joins once more (see ``_transport``).
+        self.attempt = 1
         self.position = 0
         self.left = False
         #: Waits for the whole body, then takes it as one shared object (see

@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, Generator
+from collections.abc import Callable, Collection
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
@@ -144,30 +144,29 @@ class CoalescingTransport(_Bases):
     async def handle_async_request(self, request: Any) -> Any:
         library, key = self._begin(request)
         if key is not None:
-            steps = self._coalesce(request, library, key, is_async=True)
-            try:
-                seat, budget = next(steps)
-                while True:
-                    flight = seat.flight
-                    if seat.leader:
-                        send = self._async_sender(library, key, flight)
-                        try:
-                            cancel = spawn_detached(partial(pump_async, flight, send, request, self._limits))
-                        except Exception:
-                            # No task, no answer: its callers must not wait for one.
-                            flight.abandon()
-                        else:
-                            if not flight.set_canceller(cancel):
-                                cancel()
+            # The request loop (see _next): the faces differ only in how they lead a
+            # flight and wait for it.
+            seat = self._first_seat(request, library, key, is_async=True)
+            while isinstance(seat, Seat):
+                flight = seat.flight
+                if seat.leader:
+                    send = self._async_sender(library, key, flight)
                     try:
-                        outcome = await flight.wait_async(flight.outcome, budget)
-                    except BaseException as error:
-                        steps.throw(error)  # leaves the seat and raises *error* again
-                        raise
-                    seat, budget = steps.send(outcome)
-            except StopIteration as done:
-                if done.value is not _PASS_THROUGH:
-                    return done.value
+                        cancel = spawn_detached(partial(pump_async, flight, send, request, self._limits))
+                    except Exception:
+                        # No task, no answer: its callers must not wait for one.
+                        flight.abandon()
+                    else:
+                        if not flight.set_canceller(cancel):
+                            cancel()
+                try:
+                    outcome = await flight.wait_async(flight.outcome, _budget(seat, request))
+                except BaseException:
+                    self._left_waiting(seat, request)
+                    raise
+                seat = self._next(seat, outcome, request, library, is_async=True)
+            if seat is not _PASS_THROUGH:
+                return seat
         self._counters.upstream(request)
         return await self._inner(library, is_async=True).handle_async_request(request)
 
@@ -178,60 +177,63 @@ class CoalescingTransport(_Bases):
     def handle_request(self, request: Any) -> Any:
         library, key = self._begin(request)
         if key is not None:
-            steps = self._coalesce(request, library, key, is_async=False)
-            try:
-                seat, budget = next(steps)
-                while True:
-                    flight = seat.flight
-                    if seat.leader:
-                        # Sent from this very thread, as alone: the inner transport sees this
-                        # caller's thread, its thread-locals and its contextvars.
-                        lead_sync(
-                            flight,
-                            self._sync_sender(library, key, flight),
-                            request,
-                            self._limits,
-                            self._pump_body,
-                        )
-                    try:
-                        outcome = flight.wait(flight.outcome, budget)
-                    except BaseException as error:
-                        steps.throw(error)  # leaves the seat and raises *error* again
-                        raise
-                    seat, budget = steps.send(outcome)
-            except StopIteration as done:
-                if done.value is not _PASS_THROUGH:
-                    return done.value
+            seat = self._first_seat(request, library, key, is_async=False)
+            while isinstance(seat, Seat):
+                flight = seat.flight
+                if seat.leader:
+                    # Sent from this very thread, as alone: the inner transport sees this
+                    # caller's thread, its thread-locals and its contextvars.
+                    lead_sync(
+                        flight,
+                        self._sync_sender(library, key, flight),
+                        request,
+                        self._limits,
+                        self._pump_body,
+                    )
+                try:
+                    outcome = flight.wait(flight.outcome, _budget(seat, request))
+                except BaseException:
+                    self._left_waiting(seat, request)
+                    raise
+                seat = self._next(seat, outcome, request, library, is_async=False)
+            if seat is not _PASS_THROUGH:
+                return seat
         self._counters.upstream(request)
         return self._inner(library, is_async=False).handle_request(request)
 
-    def _coalesce(
-        self, request: Any, library: Library, key: str, is_async: bool
-    ) -> Generator[_Wait, Head | BaseException | None, Any]:
-        """The request loop, one piece of code for both faces, which differ only in how
-        they lead a flight and wait for it.
+    # -- the request loop, one piece of code for both faces ----------------------------
+    #
+    # Each face takes its caller's first seat, then, while it holds a seat, leads the
+    # flight if the seat is the leader's, waits for the outcome and asks _next what
+    # comes of it: the response, an error raised, another seat (at most one more), or
+    # _PASS_THROUGH, which sends the request alone. (Plain calls rather than one
+    # generator both faces drive: making, resuming and ending a generator cost a
+    # follower more than the rest of its loop.)
 
-        It yields each seat it takes, with how long its caller may wait for the head;
-        the face leads the flight if the seat is the leader's, waits, and sends back the
-        outcome (or throws in what the wait raised). It returns the response, or
-        ``_PASS_THROUGH``: the face sends the request alone.
-        """
+    def _first_seat(self, request: Any, library: Library, key: str, is_async: bool) -> Any:
+        """A seat in the flight of *key*, a response from the window, or _PASS_THROUGH."""
         table = self._async_table() if is_async else self._sync_table
-        for attempt in _ATTEMPTS:
-            entered = self._enter(table, key, request, library, attempt, is_async)
-            if not isinstance(entered, Seat):
-                return entered  # a response from the window, or _PASS_THROUGH
-            try:
-                # The leader needs no deadline of its own: the upstream call runs under its timeouts.
-                outcome = yield entered, None if entered.leader else _head_budget(request)
-            except BaseException:
-                entered.leave()
-                _count_seated(self._counters, entered, request)
-                raise
-            settled = self._settle(entered, outcome, request, library, attempt, is_async)
-            if settled is not _RETRY:
-                return settled
-        return _PASS_THROUGH
+        return self._enter(table, key, request, library, 1, is_async)
+
+    def _next(
+        self, seat: Seat, outcome: Head | BaseException | None, request: Any, library: Library, is_async: bool
+    ) -> Any:
+        """What comes of *seat*'s outcome: the response, an error raised, the seat of a
+        second attempt, or _PASS_THROUGH."""
+        attempt = seat.attempt
+        settled = self._settle(seat, outcome, request, library, attempt, is_async)
+        if settled is not _RETRY:
+            return settled
+        table = self._async_table() if is_async else self._sync_table
+        entered = self._enter(table, seat.flight.key, request, library, attempt + 1, is_async)
+        if isinstance(entered, Seat):
+            entered.attempt = attempt + 1
+        return entered
+
+    def _left_waiting(self, seat: Seat, request: Any) -> None:
+        """The wait raised (the caller's cancellation, its KeyboardInterrupt): it leaves."""
+        seat.leave()
+        _count_seated(self._counters, seat, request)
 
     def _begin(self, request: Any) -> tuple[Library, str | None]:
         """What both faces do first: the request's library, and its key (None: it
@@ -289,7 +291,7 @@ class CoalescingTransport(_Bases):
         ):
             # Not an answer this caller would have had alone: the flight stopped for a
             # reason of its own, or ran out of the leader's timeouts, not this caller's.
-            if attempt < _ATTEMPTS[-1]:
+            if attempt < _LAST_ATTEMPT:
                 return _RETRY
             self._counters.request(BYPASSED, request, "abandoned")
             return _PASS_THROUGH
@@ -576,13 +578,8 @@ class _PassThrough:
 
 _RETRY = _Retry()
 _PASS_THROUGH = _PassThrough()
-#: What the request loop asks of its face: lead this seat's flight if the seat is the
-#: leader's, then wait for its outcome at most this many seconds (None: no limit).
-_Wait = tuple[Seat, float | None]
 #: A caller joins at most twice: a second flight that also fails it sends it alone.
-#: (A range: its iterator, alive while its caller waits, is no object the garbage
-#: collector walks, as a tuple's is.)
-_ATTEMPTS = range(1, 3)
+_LAST_ATTEMPT = 2
 _TIMEOUTS = frozenset({"ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout"})
 
 
@@ -600,6 +597,12 @@ def _count_seated(counters: Counters, seat: Seat, request: Any, coalesced: bool 
 
 def _is_timeout(error: BaseException) -> bool:
     return type(error).__name__ in _TIMEOUTS
+
+
+def _budget(seat: Seat, request: Any) -> float | None:
+    """How long *seat*'s caller may wait for the head. The leader needs no deadline of
+    its own: the upstream call runs under its timeouts."""
+    return None if seat.leader else _head_budget(request)
 
 
 def _head_budget(request: Any) -> float | None:
