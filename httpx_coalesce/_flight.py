@@ -22,12 +22,12 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ._limits import Limits
 from ._replay import Head, Replay
-from ._signal import AsyncSignal, Signal, ThreadSignal
+from ._signal import AsyncioSignal, AsyncSignal, Signal, ThreadSignal
 from ._spool import Spool, SpoolFull
 from ._stats import Counters
 from ._tasks import Chore, later_in_janitor
@@ -248,6 +248,19 @@ class Flight:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
+
+    def outcome_async(self, within: float | None = None) -> Awaitable[Head | BaseException | None]:
+        """What to await for ``outcome``: as ``wait_async(self.outcome, within)``, but on
+        asyncio with no coroutine of ours alive while the caller waits (see
+        ``AsyncioSignal.wait_answer``): a flight's followers wait here, all at once."""
+        signal = self.signal
+        if not isinstance(signal, AsyncioSignal) or (within is not None and within <= 0):
+            return self.wait_async(self.outcome, within)
+        with self.lock:
+            result = self.outcome()
+            if result is None:
+                return signal.wait_answer(self.outcome, within)
+        return signal.answered(result)
 
     # -- what callers ask (call under the lock, through wait / wait_async) -------------
 

@@ -48,7 +48,17 @@ class AsyncioSignal(AsyncSignal):
     earliest has a timer; a firing wakes everyone and drops them all.
     """
 
-    __slots__ = ("_clock", "_deadlines", "_loop", "_new_future", "_timer", "_timer_when", "_waiters")
+    __slots__ = (
+        "_answers",
+        "_clock",
+        "_deadlines",
+        "_loop",
+        "_new_future",
+        "_question",
+        "_timer",
+        "_timer_when",
+        "_waiters",
+    )
 
     def __init__(
         self,
@@ -64,9 +74,12 @@ class AsyncioSignal(AsyncSignal):
         self._waiters: list[asyncio.Future[None]] | None = None
         #: (deadline, tie-breaker, waiter), earliest first; waiters already woken stay
         #: until a firing or their deadline drops them.
-        self._deadlines: list[tuple[float, int, asyncio.Future[None]]] | None = None
+        self._deadlines: list[tuple[float, int, asyncio.Future[Any]]] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
+        #: Waiters for an answer to ``_question`` (see ``wait_answer``).
+        self._answers: list[asyncio.Future[Any]] | None = None
+        self._question: Callable[[], Any] | None = None
 
     def fire(self) -> None:
         waiters = self._waiters
@@ -75,6 +88,16 @@ class AsyncioSignal(AsyncSignal):
             for waiter in waiters:
                 if not waiter.done():  # a cancelled waiter is done
                     waiter.set_result(None)
+        answers = self._answers
+        if answers is not None:
+            assert self._question is not None
+            answer = self._question()  # the flight's lock is held: fire's contract
+            if answer is None:
+                return  # asked too soon: they wait on, and so do their deadlines
+            self._answers = None
+            for waiter in answers:
+                if not waiter.done():
+                    waiter.set_result(answer)
         if self._deadlines is not None:
             self._deadlines = None
             if self._timer is not None:
@@ -97,6 +120,38 @@ class AsyncioSignal(AsyncSignal):
             heapq.heappush(deadlines, (when, id(waiter), waiter))
             if self._timer is None or when < self._timer_when:
                 self._arm(when)
+        return waiter
+
+    def wait_answer(self, question: Callable[[], Any], within: float | None = None) -> asyncio.Future[Any]:
+        """What to await for *question*'s first answer that is not None, asked at each
+        firing (with the flight's lock held, as *question* needs); None after *within*
+        seconds. Call it with the lock held, once *question* has said None.
+
+        Unlike ``wait``, which says "look again" and leaves the looking to a coroutine
+        frame per waiter (alive, and walked by every garbage collection, as long as it
+        waits), the answer comes in the future itself: a caller waiting for its flight's
+        head holds no frame of ours. Every waiter of one signal asks the same question.
+        """
+        waiter = self._new_future()
+        self._question = question
+        if self._answers is None:
+            self._answers = [waiter]
+        else:
+            self._answers.append(waiter)
+        if within is not None:
+            when = self._clock() + within
+            deadlines = self._deadlines
+            if deadlines is None:
+                deadlines = self._deadlines = []
+            heapq.heappush(deadlines, (when, id(waiter), waiter))
+            if self._timer is None or when < self._timer_when:
+                self._arm(when)
+        return waiter
+
+    def answered(self, answer: Any) -> asyncio.Future[Any]:
+        """What to await for an *answer* already known."""
+        waiter = self._new_future()
+        waiter.set_result(answer)
         return waiter
 
     def _arm(self, when: float) -> None:

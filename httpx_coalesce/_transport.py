@@ -160,7 +160,7 @@ class CoalescingTransport(_Bases):
                         if not flight.set_canceller(cancel):
                             cancel()
                 try:
-                    outcome = await flight.wait_async(flight.outcome, _budget(seat, request))
+                    outcome = await flight.outcome_async(_budget(seat, request))
                 except BaseException:
                     self._left_waiting(seat, request)
                     raise
@@ -273,6 +273,11 @@ class CoalescingTransport(_Bases):
         is_async: bool,
     ) -> Any:
         """What a caller does with its flight's outcome: answer, raise, retry or go alone."""
+        if outcome is None:
+            # Its wait ran out: an answer that came in the same moment still counts.
+            flight = seat.flight
+            with flight.lock:
+                outcome = flight.outcome()
         if isinstance(outcome, Head):
             # _count_seated's, written out: every caller that gets an answer comes here.
             flight = seat.flight
