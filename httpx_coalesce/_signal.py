@@ -94,7 +94,9 @@ class AsyncioSignal(AsyncSignal):
             answer = self._question()  # the flight's lock is held: fire's contract
             if answer is None:
                 return  # asked too soon: they wait on, and so do their deadlines
-            self._answers = None
+            # Let go of the question too: a flight's bound method, kept, would make a
+            # cycle (flight, signal, method) that only the cyclic collector frees.
+            self._answers = self._question = None
             for waiter in answers:
                 if not waiter.done():
                     waiter.set_result(answer)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -65,5 +67,31 @@ def test_one_cancelled_waiter_leaves_the_others_their_answer() -> None:
         signal.fire()
         assert tasks[0].cancelled()
         assert [await task for task in tasks[1:]] == ["head", "head"]
+
+    run(scenario)
+
+
+def test_an_answered_signal_keeps_nothing_of_its_question() -> None:
+    # A flight asks its own bound method: kept by the flight's signal, it would make a
+    # cycle that only the cyclic collector frees (and the flight, its body with it).
+    class Flight:
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            self.signal = AsyncioSignal(loop)
+
+        def outcome(self) -> str:
+            return "head"
+
+    async def scenario() -> None:
+        flight = Flight(asyncio.get_running_loop())
+        waiter = flight.signal.wait_answer(flight.outcome)
+        flight.signal.fire()
+        assert await waiter == "head"
+        gone = weakref.ref(flight)
+        gc.disable()
+        try:
+            del flight
+            assert gone() is None
+        finally:
+            gc.enable()
 
     run(scenario)
