@@ -115,13 +115,7 @@ class AsyncioSignal(AsyncSignal):
         else:
             self._waiters.append(waiter)
         if within is not None:
-            when = self._clock() + within
-            deadlines = self._deadlines
-            if deadlines is None:
-                deadlines = self._deadlines = []
-            heapq.heappush(deadlines, (when, id(waiter), waiter))
-            if self._timer is None or when < self._timer_when:
-                self._arm(when)
+            self._keep_deadline(waiter, within)
         return waiter
 
     def wait_answer(self, question: Callable[[], Any], within: float | None = None) -> asyncio.Future[Any]:
@@ -141,13 +135,7 @@ class AsyncioSignal(AsyncSignal):
         else:
             self._answers.append(waiter)
         if within is not None:
-            when = self._clock() + within
-            deadlines = self._deadlines
-            if deadlines is None:
-                deadlines = self._deadlines = []
-            heapq.heappush(deadlines, (when, id(waiter), waiter))
-            if self._timer is None or when < self._timer_when:
-                self._arm(when)
+            self._keep_deadline(waiter, within)
         return waiter
 
     def answered(self, answer: Any) -> asyncio.Future[Any]:
@@ -155,6 +143,15 @@ class AsyncioSignal(AsyncSignal):
         waiter = self._new_future()
         waiter.set_result(answer)
         return waiter
+
+    def _keep_deadline(self, waiter: asyncio.Future[Any], within: float) -> None:
+        when = self._clock() + within
+        deadlines = self._deadlines
+        if deadlines is None:
+            deadlines = self._deadlines = []
+        heapq.heappush(deadlines, (when, id(waiter), waiter))
+        if self._timer is None or when < self._timer_when:
+            self._arm(when)
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:
