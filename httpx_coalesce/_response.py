@@ -296,9 +296,7 @@ def build_response(library: Library, seat: Seat, head: Head, request: Any, is_as
         kit = flight.follower_kit
         if kit is None or kit.callers != flight.joined or kit.library is not library:
             kit = flight.follower_kit = _FollowerKit(library, head, flight.joined, flight.id, is_async)
-        body = flight.take_body(seat)
-        # The body is all here (the usual case: a buffered response), or read live.
-        stream = kit.body_stream(body) if body is not None else _seat_stream(library, seat, request, is_async)
+        stream = _stream_of(library, seat, request, is_async, kit.body_stream)
         return library.Response(
             head.status, headers=kit.headers, stream=stream, request=request, extensions=kit.extensions
         )
@@ -327,19 +325,19 @@ def build_response(library: Library, seat: Seat, head: Head, request: Any, is_as
     )
 
 
-def _stream_of(library: Library, seat: Seat, request: Any, is_async: bool) -> Any:
-    """The caller's own stream over the shared body."""
+def _stream_of(
+    library: Library, seat: Seat, request: Any, is_async: bool, body_stream: type[Any] | None = None
+) -> Any:
+    """The caller's own stream over the shared body (*body_stream*: the stream class of
+    a whole body, where the caller has it already)."""
     flight = seat.flight
     body = flight.take_body(seat)
     if body is not None:
         # The body is all here (the usual case: a buffered response): the caller needs
         # no seat to read it, only the one shared bytes object.
-        return library.stream_class(_BodyStream, is_async)(body)
-    return _seat_stream(library, seat, request, is_async)
-
-
-def _seat_stream(library: Library, seat: Seat, request: Any, is_async: bool) -> Any:
-    """The caller's own stream over the body as it comes, read from its seat."""
+        if body_stream is None:
+            body_stream = library.stream_class(_BodyStream, is_async)
+        return body_stream(body)
     cls = library.stream_class(_AsyncSeatStream if is_async else _SyncSeatStream, is_async)
     return cls(seat, request, library)
 
